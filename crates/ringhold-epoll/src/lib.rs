@@ -1,0 +1,19 @@
+//! epoll engine of ringhold (stub: being written).
+
+use std::io;
+
+use ringhold_core::ShardSpec;
+
+pub struct Shard {
+    _spec: ShardSpec,
+}
+
+impl Shard {
+    pub fn new(spec: ShardSpec) -> io::Result<Shard> {
+        Ok(Shard { _spec: spec })
+    }
+
+    pub fn run(self) -> io::Result<()> {
+        Err(io::Error::other("the epoll engine is not written yet"))
+    }
+}

@@ -1,0 +1,270 @@
+//! `ringhold serve`: limits, listeners, one pinned thread per shard, signals, graceful drain.
+
+use std::io;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, unbounded, RecvTimeoutError};
+use ringhold_core::units::fmt_bytes;
+use ringhold_core::{EngineConfig, ShardSpec, Shared};
+use tracing::{error, info, warn};
+
+use crate::cli::{Engine, ServeArgs};
+use crate::{listen, rlimit};
+
+/// File descriptors the process keeps for itself (listeners, rings, epoll, metrics, logs, spare).
+const FD_RESERVE: u64 = 64;
+
+enum AnyShard {
+    Uring(ringhold_uring::Shard),
+    Epoll(ringhold_epoll::Shard),
+}
+
+impl AnyShard {
+    fn new(engine: Engine, spec: ShardSpec) -> io::Result<AnyShard> {
+        Ok(match engine {
+            Engine::Uring => AnyShard::Uring(ringhold_uring::Shard::new(spec)?),
+            Engine::Epoll => AnyShard::Epoll(ringhold_epoll::Shard::new(spec)?),
+        })
+    }
+
+    fn run(self) -> io::Result<()> {
+        match self {
+            AnyShard::Uring(s) => s.run(),
+            AnyShard::Epoll(s) => s.run(),
+        }
+    }
+}
+
+enum Event {
+    Signal(i32),
+    ShardExited(usize, io::Result<()>),
+}
+
+pub fn run(args: ServeArgs) -> ExitCode {
+    match serve(args) {
+        Ok(code) => code,
+        Err(msg) => {
+            error!("{msg}");
+            eprintln!("ringhold: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<ExitCode, String> {
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let ncores = thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let shards = args.shards.map(usize::from).unwrap_or(ncores);
+
+    let (before, nofile) = rlimit::raise_nofile().map_err(|e| format!("cannot read RLIMIT_NOFILE: {e}"))?;
+    if before.soft != nofile.soft {
+        info!("raised RLIMIT_NOFILE soft limit from {} to the hard limit {}", before.soft, nofile.soft);
+    }
+
+    if args.engine == Engine::Uring {
+        ringhold_uring::probe().map_err(|cause| {
+            format!("io_uring cannot be used: {cause}. Run with --engine epoll to use epoll instead")
+        })?;
+    }
+
+    let direct = args.engine == Engine::Uring && !args.no_direct_descriptors;
+    let fixed_files = if args.fixed_files > 0 { args.fixed_files as u64 } else { nofile.soft };
+    let (capacity, bound_by) = if direct {
+        (shards as u64 * fixed_files, format!("fixed-file tables: {shards} shards × {fixed_files} slots"))
+    } else {
+        (
+            nofile.soft.saturating_sub(FD_RESERVE),
+            format!("RLIMIT_NOFILE {} (one fd per connection)", nofile.soft),
+        )
+    };
+    let (capacity, bound_by) = if args.max_connections > 0 && (args.max_connections as u64) < capacity {
+        (args.max_connections as u64, "--max-connections".to_string())
+    } else {
+        (capacity, bound_by)
+    };
+
+    if let Some(max) = listen::somaxconn() {
+        if args.backlog > max {
+            warn!(
+                "--backlog {} is capped by net.core.somaxconn = {max}; raise it with `sysctl -w net.core.somaxconn={}`",
+                args.backlog, args.backlog
+            );
+        }
+    }
+
+    let config = Arc::new(EngineConfig {
+        buffer_size: args.buffer_size,
+        buffers: args.buffers,
+        idle_timeout: (!args.idle_timeout.is_zero()).then_some(args.idle_timeout),
+        keepalive: args.tcp_keepalive.0,
+        max_queued_buffers: args.pending_buffers as u16,
+        shutdown_timeout: args.shutdown_timeout,
+        rate_limit: args.rate_limit,
+        message_rate: args.message_rate,
+        check_every: args.check_every,
+        max_conn_rate: args.max_conn_rate,
+        direct_descriptors: direct,
+        fixed_files: fixed_files.min(u32::MAX as u64) as u32,
+    });
+    let shared = Arc::new(Shared::new(args.max_connections));
+
+    let metrics_addr = ringhold_metrics::install(args.metrics_listen.0, args.engine.name())
+        .map_err(|e| {
+            format!(
+                "cannot serve metrics on {}: {e} (pick another --metrics-listen, or `off`)",
+                args.metrics_listen.0.map(|a| a.to_string()).unwrap_or_default()
+            )
+        })?;
+
+    let listeners = listen::bind_all(args.listen, shards, args.backlog)?;
+    let local = listeners[0].local_addr().map_err(|e| e.to_string())?;
+
+    let (events_tx, events_rx) = unbounded::<Event>();
+    let (ready_tx, ready_rx) = bounded::<(usize, io::Result<()>)>(shards);
+    let mut handles = Vec::with_capacity(shards);
+    for (id, listener) in listeners.into_iter().enumerate() {
+        let core = (!args.no_pin && !cores.is_empty()).then(|| cores[id % cores.len()]);
+        let mut shard_metrics = ringhold_metrics::ShardMetrics::new(id);
+        let spec = ShardSpec {
+            id,
+            listener,
+            config: config.clone(),
+            shared: shared.clone(),
+            flush: Box::new(move |c| shard_metrics.flush(c)),
+        };
+        let engine = args.engine;
+        let ready_tx = ready_tx.clone();
+        let events_tx = events_tx.clone();
+        let h = thread::Builder::new()
+            .name(format!("ringhold-shard-{id}"))
+            .spawn(move || {
+                if let Some(core) = core {
+                    core_affinity::set_for_current(core);
+                }
+                match AnyShard::new(engine, spec) {
+                    Ok(shard) => {
+                        let _ = ready_tx.send((id, Ok(())));
+                        let res = shard.run();
+                        let _ = events_tx.send(Event::ShardExited(id, res));
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send((id, Err(e)));
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start shard thread {id}: {e}"))?;
+        handles.push(h);
+    }
+    drop(ready_tx);
+    for _ in 0..shards {
+        match ready_rx.recv() {
+            Ok((_, Ok(()))) => {}
+            Ok((id, Err(e))) => {
+                shared.begin_shutdown();
+                return Err(format!("shard {id} could not start: {e}{}", setup_hint(args.engine, &e)));
+            }
+            Err(_) => return Err("a shard thread died during start-up".into()),
+        }
+    }
+
+    let total_buffers = shards as u64 * args.buffers as u64;
+    info!(
+        "ringhold {} engine={} shards={shards} cores={ncores} pinned={} buffers={shards}×{}×{} ({}) \
+         fd_limit={} direct_descriptors={direct} capacity={capacity} connections (bound by {bound_by}) \
+         idle_timeout={:?} max_connections={}",
+        env!("CARGO_PKG_VERSION"),
+        args.engine.name(),
+        !args.no_pin,
+        args.buffers,
+        fmt_bytes(args.buffer_size as u64),
+        fmt_bytes(total_buffers * args.buffer_size as u64),
+        nofile.soft,
+        args.idle_timeout,
+        args.max_connections,
+    );
+    if let Some(m) = metrics_addr {
+        info!("metrics on http://{m}/metrics");
+    }
+    info!("listening on {local}");
+
+    spawn_signal_thread(events_tx.clone())?;
+
+    let mut exited = 0;
+    let mut failed = false;
+    let mut deadline: Option<Instant> = None;
+    while exited < shards {
+        let ev = match deadline {
+            None => events_rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(d) => events_rx.recv_deadline(d),
+        };
+        match ev {
+            Ok(Event::Signal(sig)) => {
+                if deadline.is_some() {
+                    warn!("second signal {sig}: exiting now");
+                    return Ok(ExitCode::from(130));
+                }
+                info!(
+                    "signal {sig}: draining {} connections (up to {:?})",
+                    shared.active(),
+                    args.shutdown_timeout
+                );
+                shared.begin_shutdown();
+                deadline = Some(Instant::now() + args.shutdown_timeout + Duration::from_secs(2));
+            }
+            Ok(Event::ShardExited(id, res)) => {
+                exited += 1;
+                if let Err(e) = res {
+                    error!("shard {id} stopped: {e}");
+                    failed = true;
+                    shared.begin_shutdown();
+                    deadline.get_or_insert(Instant::now() + args.shutdown_timeout + Duration::from_secs(2));
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                error!("shards did not stop within the shutdown timeout; exiting");
+                return Ok(ExitCode::FAILURE);
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    info!("stopped");
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn spawn_signal_thread(tx: crossbeam_channel::Sender<Event>) -> Result<(), String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    thread::Builder::new()
+        .name("ringhold-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if tx.send(Event::Signal(sig)).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start signal thread: {e}"))?;
+    Ok(())
+}
+
+fn setup_hint(engine: Engine, e: &io::Error) -> &'static str {
+    match (engine, e.raw_os_error()) {
+        (Engine::Uring, Some(libc::ENOMEM)) => {
+            " (locked memory for the ring: raise `ulimit -l` / LimitMEMLOCK=, or use fewer --buffers)"
+        }
+        (Engine::Uring, Some(libc::EPERM)) | (Engine::Uring, Some(libc::ENOSYS)) => {
+            " (io_uring is blocked: check kernel.io_uring_disabled and seccomp, or use --engine epoll)"
+        }
+        (_, Some(libc::EMFILE)) | (_, Some(libc::ENFILE)) => {
+            " (out of file descriptors: raise the limit, see `ringhold doctor`)"
+        }
+        _ => "",
+    }
+}
