@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the echo server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Open and hold many connections against a server, verifying every echoed byte.
     Load(ringhold_load::LoadArgs),
     /// Check the kernel and process limits that stop N connections, and print the fixes.
