@@ -338,6 +338,30 @@ impl Server {
     pub fn scrape(&self) -> Option<crate::metrics::Scrape> {
         crate::metrics::scrape(self.metrics?)
     }
+
+    /// When the server serves /metrics: waits until the sum of `name` over the samples that carry
+    /// `labels` (e.g. over shards) satisfies `pred` — counters are flushed about once a second — and
+    /// panics with the last value after 10 s. Without a metrics endpoint it checks nothing (the same
+    /// fact is then asserted through sockets by the caller).
+    pub fn expect_metric(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        what: &str,
+        pred: impl Fn(f64) -> bool,
+    ) {
+        let Some(addr) = self.metrics else { return };
+        let mut last = None;
+        let ok = crate::wait_until(crate::secs(10), || {
+            last = crate::metrics::scrape(addr).and_then(|s| s.sum(name, labels));
+            last.is_some_and(&pred)
+        });
+        assert!(
+            ok,
+            "metric {name}{labels:?} = {last:?}, expected {what} ({})",
+            self.engine.name()
+        );
+    }
 }
 
 impl Drop for Server {

@@ -96,27 +96,18 @@ fn rst_storm_leaks_nothing(engine: Engine) {
             "server holds {now} descriptors after the storm, {baseline_fds} before"
         );
     }
-    if server.metrics.is_some() {
-        let mut active = None;
-        let drained = wait_until(secs(10), || {
-            active = server
-                .scrape()
-                .and_then(|s| s.sum("ringhold_connections_active", &[]));
-            active == Some(0.0)
-        });
-        assert!(
-            drained,
-            "ringhold_connections_active = {active:?} with no client connected"
-        );
-        let buffers = server
-            .scrape()
-            .and_then(|s| s.sum("ringhold_buffers_in_use", &[]));
-        assert_eq!(
-            buffers,
-            Some(0.0),
-            "ringhold_buffers_in_use with no client connected"
-        );
-    }
+    server.expect_metric(
+        "ringhold_connections_active",
+        &[],
+        "0 with no client connected",
+        |v| v == 0.0,
+    );
+    server.expect_metric(
+        "ringhold_buffers_in_use",
+        &[],
+        "0 with no client connected",
+        |v| v == 0.0,
+    );
 }
 
 /// `--idle-timeout 1s`: a connection that sends nothing is closed (EOF), one that keeps talking is not.
@@ -182,6 +173,12 @@ fn max_connections_refuses_the_excess(engine: Engine) {
             panic!("connection 51 with --max-connections 50: expected to be closed, got {other:?}")
         }
     }
+    server.expect_metric(
+        "ringhold_rejected_total",
+        &[("reason", "max_connections")],
+        ">= 1",
+        |v| v >= 1.0,
+    );
     for (i, c) in held.iter_mut().enumerate() {
         roundtrip(c, b"still in")
             .unwrap_or_else(|e| panic!("held connection {i} after the refusal: {e}"));

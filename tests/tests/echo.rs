@@ -28,7 +28,7 @@ fn log_uniform(r: &mut impl Rng, max: usize) -> usize {
 
 /// Runs the echo of `sizes[i]` bytes on connection i, all at once, each with its own writer and
 /// reader thread; odd connections half-close after writing and must then see a clean EOF.
-fn echo_concurrently(server: &Server, sizes: &[usize], seed0: u64) {
+fn echo_concurrently(server: &Server, sizes: &[usize], seed0: u64) -> usize {
     let conns: Vec<_> = sizes.iter().map(|_| server.connect()).collect();
     let start = Arc::new(Barrier::new(conns.len()));
     let handles: Vec<_> = conns
@@ -74,6 +74,30 @@ fn echo_concurrently(server: &Server, sizes: &[usize], seed0: u64) {
         errors.join("\n")
     );
     eprintln!("echoed {total} bytes over {} connections", sizes.len());
+    total
+}
+
+/// The server counted exactly the bytes the clients sent, and echoed them all.
+fn expect_byte_counters(server: &Server, total: usize) {
+    let t = total as f64;
+    server.expect_metric(
+        "ringhold_bytes_received_total",
+        &[],
+        &format!("{total} (all sent)"),
+        |v| v == t,
+    );
+    server.expect_metric(
+        "ringhold_bytes_sent_total",
+        &[],
+        &format!("{total} (all echoed)"),
+        |v| v == t,
+    );
+    server.expect_metric(
+        "ringhold_connections_active",
+        &[],
+        "0 after the clients left",
+        |v| v == 0.0,
+    );
 }
 
 /// 200 concurrent connections, random payloads from 1 B to 4 MiB (one of each edge size included).
@@ -85,7 +109,8 @@ fn random_payloads_200_connections(engine: Engine) {
     while sizes.len() < 200 {
         sizes.push(log_uniform(&mut r, 4 << 20));
     }
-    echo_concurrently(&server, &sizes, r.random());
+    let total = echo_concurrently(&server, &sizes, r.random());
+    expect_byte_counters(&server, total);
 }
 
 /// The same through the smallest buffers and a pool too small for the connections, so that receives
@@ -108,7 +133,14 @@ fn tiny_buffers_and_exhausted_pool(engine: Engine) {
     while sizes.len() < 40 {
         sizes.push(log_uniform(&mut r, 256 * 1024));
     }
-    echo_concurrently(&server, &sizes, r.random());
+    let total = echo_concurrently(&server, &sizes, r.random());
+    expect_byte_counters(&server, total);
+    server.expect_metric(
+        "ringhold_buffers_in_use",
+        &[],
+        "0 after the clients left",
+        |v| v == 0.0,
+    );
 }
 
 /// Pipelining: 20 000 messages written back to back with no wait for their echo (each its own

@@ -109,6 +109,20 @@ fn beyond_the_fd_limit(engine: Engine) {
         }
     }
 
+    let refused = closed as f64;
+    server.expect_metric(
+        "ringhold_rejected_total",
+        &[("reason", "fd_limit")],
+        &format!(">= {closed}"),
+        |v| v >= refused,
+    );
+    server.expect_metric(
+        "ringhold_connections_active",
+        &[],
+        &format!("{echoed}"),
+        |v| v == echoed as f64,
+    );
+
     // The accepted ones keep working.
     for c in clients.iter_mut() {
         c.send("echo");
@@ -149,6 +163,10 @@ fn beyond_the_fd_limit(engine: Engine) {
     // The warning is rate-limited (about once a second, not once per refusal).
     let warnings = fd_warnings(&server.log());
     let elapsed = t_start.elapsed().as_secs();
+    eprintln!(
+        "{}: {warnings} fd-limit warnings in {elapsed} s",
+        engine.name()
+    );
     assert!(
         warnings as u64 <= elapsed + 2,
         "{warnings} fd-limit warnings in {elapsed} s: not rate-limited to ~1/s"
