@@ -74,7 +74,13 @@ impl Conn {
 
     /// Reading must wait: backpressure, throttle, buffer shortage, closing or FIN seen.
     pub fn read_blocked(&self) -> bool {
-        self.has(flag::BACKPRESSURE | flag::THROTTLED | flag::WAIT_BUFFER | flag::CLOSING | flag::PEER_FIN)
+        self.has(
+            flag::BACKPRESSURE
+                | flag::THROTTLED
+                | flag::WAIT_BUFFER
+                | flag::CLOSING
+                | flag::PEER_FIN,
+        )
     }
 
     /// Echo finished and the peer is gone: time to close with `PeerClosed`.

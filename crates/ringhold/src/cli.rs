@@ -72,9 +72,13 @@ fn parse_buffer_size(s: &str) -> Result<u32, String> {
 }
 
 fn parse_buffers(s: &str) -> Result<u16, String> {
-    let n: u32 = s.parse().map_err(|_| format!("'{s}' is not a whole number"))?;
+    let n: u32 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a whole number"))?;
     if !(2..=32768).contains(&n) || !n.is_power_of_two() {
-        return Err(format!("{n} must be a power of two from 2 to 32768 (an io_uring buffer ring)"));
+        return Err(format!(
+            "{n} must be a power of two from 2 to 32768 (an io_uring buffer ring)"
+        ));
     }
     Ok(n as u16)
 }
