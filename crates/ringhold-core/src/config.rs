@@ -63,7 +63,7 @@ pub struct EngineConfig {
     /// Per-connection read-count limit (`--message-rate`).
     pub message_rate: Option<BucketSpec>,
     /// Check the per-connection buckets every N reads (EMQX's `active_n`).
-    pub check_every: u32,
+    pub check_every: u16,
     /// Accepts per second per listener (`--max-conn-rate`).
     pub max_conn_rate: Option<BucketSpec>,
     /// io_uring: accept into the ring's fixed-file table (direct descriptors).

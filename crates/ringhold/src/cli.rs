@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the echo server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Open and hold many connections against a server, verifying every echoed byte.
     Load(ringhold_load::LoadArgs),
     /// Check the kernel and process limits that stop N connections, and print the fixes.
@@ -173,6 +173,6 @@ pub struct ServeArgs {
 
     /// Check the rate-limit buckets every N reads (EMQX's active_n).
     #[arg(long, env = "RINGHOLD_CHECK_EVERY", default_value_t = 1,
-          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub check_every: u32,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub check_every: u16,
 }

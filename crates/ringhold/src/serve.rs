@@ -18,14 +18,14 @@ use crate::{listen, rlimit};
 const FD_RESERVE: u64 = 64;
 
 enum AnyShard {
-    Uring(ringhold_uring::Shard),
+    Uring(Box<ringhold_uring::Shard>),
     Epoll(ringhold_epoll::Shard),
 }
 
 impl AnyShard {
     fn new(engine: Engine, spec: ShardSpec) -> io::Result<AnyShard> {
         Ok(match engine {
-            Engine::Uring => AnyShard::Uring(ringhold_uring::Shard::new(spec)?),
+            Engine::Uring => AnyShard::Uring(Box::new(ringhold_uring::Shard::new(spec)?)),
             Engine::Epoll => AnyShard::Epoll(ringhold_epoll::Shard::new(spec)?),
         })
     }
