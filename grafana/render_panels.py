@@ -37,7 +37,8 @@ def human(value, unit):
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if unit == "percentunit":
-        return f"{value * 100:.0f}%"
+        pct = value * 100
+        return f"{pct:.0f}%" if abs(pct) >= 10 or pct == 0 else f"{pct:.2g}%"
     if unit in ("bytes", "Bps"):
         suffix = "/s" if unit == "Bps" else ""
         for u in ["B", "KiB", "MiB", "GiB", "TiB"]:

@@ -674,7 +674,13 @@ impl Load {
                                 break;
                             }
                         }
+                        // Wait for the server's close before the next connection.
                         let _ = c.shutdown(Shutdown::Write);
+                        if !matches!(net::read_end(&mut c), net::End::Eof) {
+                            eprintln!("load {addr}: no EOF after FIN");
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
                     }
                 })
             })
@@ -817,8 +823,10 @@ fn prometheus_answers_every_dashboard_panel_on_both_engines() {
         };
         let name = server.engine.name();
         let active = one("sum(ringhold_connections_active{instance=~\"$instance\"})");
+        // A busy client's previous connection may still await its close completion when the next one is
+        // accepted, hence up to two per busy client.
         assert!(
-            (IDLE as f64..=(IDLE + BUSY) as f64).contains(&active),
+            (IDLE as f64..=(IDLE + 2 * BUSY) as f64).contains(&active),
             "{name}: active {active}"
         );
         assert!(one("sum(rate(ringhold_bytes_received_total{instance=~\"$instance\"}[$__rate_interval]))") > 0.0, "{name}: bytes in");
