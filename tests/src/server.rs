@@ -257,7 +257,21 @@ impl Server {
 
     /// A blocking client connection with 30 s read/write timeouts (so a test never hangs forever).
     pub fn connect(&self) -> TcpStream {
-        crate::net::connect(self.addr)
+        match crate::net::try_connect(self.addr) {
+            Ok(s) => s,
+            Err(e) => {
+                panic!(
+                    "connect to ringhold ({}) at {}: {e}{}",
+                    self.engine.name(),
+                    self.addr,
+                    if procfs::is_gone(self.child.id()) {
+                        " — the server process has exited"
+                    } else {
+                        ""
+                    }
+                )
+            }
+        }
     }
 
     /// Everything the server wrote to stderr so far.
