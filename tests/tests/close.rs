@@ -199,7 +199,7 @@ fn max_connections_refuses_the_excess(engine: Engine) {
 /// and the process exits 0 within `--shutdown-timeout`. New connections are not served any more.
 fn sigterm_drains_in_flight_echo(engine: Engine) {
     const CLIENTS: usize = 20;
-    const LEN: usize = 32 * 1024;
+    const LEN: usize = 512 * 1024;
     let mut server = Server::start(engine, &["--shutdown-timeout", "5s"]);
     // Small receive buffers so the echo backs up into the server; the clients do not read yet.
     let mut conns: Vec<TcpStream> = (0..CLIENTS)
@@ -223,6 +223,13 @@ fn sigterm_drains_in_flight_echo(engine: Engine) {
         "the server did not read what the clients sent: (tx, rx) queues {queues:?}"
     );
 
+    let in_server_kernel: u64 = queues.iter().flatten().map(|q| q.0).sum();
+    eprintln!(
+        "{}: SIGTERM with {} KiB echoed but unread ({} KiB of it still in the server's send queues)",
+        engine.name(),
+        CLIENTS * LEN / 1024,
+        in_server_kernel / 1024
+    );
     let t0 = Instant::now();
     server.signal(libc::SIGTERM);
     let readers: Vec<_> = conns
