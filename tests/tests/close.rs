@@ -199,7 +199,7 @@ fn max_connections_refuses_the_excess(engine: Engine) {
 /// and the process exits 0 within `--shutdown-timeout`. New connections are not served any more.
 fn sigterm_drains_in_flight_echo(engine: Engine) {
     const CLIENTS: usize = 20;
-    const LEN: usize = 512 * 1024;
+    const LEN: usize = 256 * 1024;
     let mut server = Server::start(engine, &["--shutdown-timeout", "5s"]);
     // Small receive buffers so the echo backs up into the server; the clients do not read yet.
     let mut conns: Vec<TcpStream> = (0..CLIENTS)
