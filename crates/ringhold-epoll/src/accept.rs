@@ -4,6 +4,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::{Mutex, MutexGuard};
 
 use ringhold_core::bucket::{Bucket, BucketSpec};
 use ringhold_core::{RejectReason, ShardCounters, Shared};
@@ -15,6 +16,18 @@ use crate::timers::{ceil_ms, log_second};
 /// How long to wait before trying again after a resource error that draining cannot fix (no spare fd
 /// could be had, ENOBUFS, ENOMEM).
 const RETRY_MS: u64 = 100;
+
+/// Serialises `accept4` across the shards of the process. Shards share one descriptor table, so without
+/// it the descriptor one shard frees for its spare-fd trick can be taken by another shard's accept at
+/// the same instant, leaving the first without a spare and its backlog stuck until some descriptor is
+/// closed. Taken once per accept (not per message), uncontended but for accept bursts on two shards.
+static ACCEPT_LOCK: Mutex<()> = Mutex::new(());
+
+fn accept_lock() -> MutexGuard<'static, ()> {
+    ACCEPT_LOCK
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// What one accept attempt gave.
 pub enum Step {
@@ -93,6 +106,8 @@ impl Acceptor {
                 }
             }
         }
+        // Held until the end of any spare-fd trick below.
+        let _guard = accept_lock();
         match sys::accept(self.fd()) {
             Ok(fd) => {
                 self.token_held = false;
@@ -138,7 +153,8 @@ impl Acceptor {
 
     /// EMFILE/ENFILE: close the spare to make room, accept the connection and close it at once (so the
     /// client sees a clean close instead of hanging in the backlog), take the spare back. Repeated until
-    /// the backlog is empty. Without a spare (another shard took the freed slot), retry a bit later.
+    /// the backlog is empty. Runs under the accept lock. Without a spare (another thread of the process
+    /// took the freed descriptor), retry a bit later: the spare is reopened once a descriptor is free.
     fn out_of_fds(
         &mut self,
         code: i32,
@@ -193,7 +209,11 @@ impl Acceptor {
     /// At shutdown: accept what waits in the backlog and close it at once, counted (at most `max`).
     pub fn refuse_backlog(&mut self, counters: &mut ShardCounters, max: usize) {
         for _ in 0..max {
-            match sys::accept(self.fd()) {
+            let accepted = {
+                let _guard = accept_lock();
+                sys::accept(self.fd())
+            };
+            match accepted {
                 Ok(fd) => {
                     drop(fd);
                     counters.reject(RejectReason::Shutdown);
