@@ -136,7 +136,19 @@ impl Shard {
         })
     }
 
+    /// Serves until shutdown has drained every connection. Counters are flushed a last time on the way
+    /// out, also when the loop fails.
     pub fn run(mut self) -> io::Result<()> {
+        let res = self.run_loop();
+        self.flush_counters();
+        match &res {
+            Ok(()) => debug!("shard {}: stopped", self.id),
+            Err(e) => debug!("shard {}: stopped: {e}", self.id),
+        }
+        res
+    }
+
+    fn run_loop(&mut self) -> io::Result<()> {
         loop {
             self.io.now_ms = self.clock.now_ms();
             if !self.io.draining && self.shared.shutting_down() {
@@ -188,8 +200,6 @@ impl Shard {
                 self.flush_counters();
             }
         }
-        self.flush_counters();
-        debug!("shard {}: stopped", self.id);
         Ok(())
     }
 
