@@ -30,16 +30,16 @@ const READ_BUDGET: u32 = 32;
 /// The per-connection limits, from the config.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    pub max_queued: u8,
+    pub max_queued: u16,
     pub rate: Option<BucketSpec>,
     pub msgs: Option<BucketSpec>,
-    pub check_every: u32,
+    pub check_every: u16,
 }
 
 impl Limits {
     pub fn new(c: &EngineConfig) -> Limits {
         Limits {
-            max_queued: c.max_queued_buffers.clamp(1, u8::MAX as u16) as u8,
+            max_queued: c.max_queued_buffers.max(1),
             rate: c.rate_limit,
             msgs: c.message_rate,
             check_every: c.check_every.max(1),
@@ -167,7 +167,7 @@ fn received(c: &mut Conn, fd: u32, bid: u16, n: usize, io: &mut Io) -> Option<Cl
         Verdict::Echo => {}
         Verdict::Close => {
             io.buffers.put(bid);
-            return Some(CloseReason::Limit);
+            return Some(CloseReason::Error);
         }
     }
     c.chain.push(&mut io.buffers.links, bid, n as u32);
@@ -210,7 +210,7 @@ mod tests {
     use super::*;
     use ringhold_core::bucket::Bucket;
 
-    fn limits(rate: Option<BucketSpec>, msgs: Option<BucketSpec>, check_every: u32) -> Limits {
+    fn limits(rate: Option<BucketSpec>, msgs: Option<BucketSpec>, check_every: u16) -> Limits {
         Limits {
             max_queued: 8,
             rate,
@@ -281,10 +281,5 @@ mod tests {
         };
         let l = Limits::new(&cfg);
         assert_eq!((l.max_queued, l.check_every), (1, 1));
-        let cfg = EngineConfig {
-            max_queued_buffers: 1000,
-            ..EngineConfig::default()
-        };
-        assert_eq!(Limits::new(&cfg).max_queued, 255);
     }
 }

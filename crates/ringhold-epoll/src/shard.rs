@@ -50,7 +50,22 @@ pub fn untoken(data: u64) -> (u32, u32) {
     (data as u32, (data >> 32) as u32)
 }
 
-pub struct Shard {
+/// One shard of the epoll engine: `new` on the shard's thread, then `run` until shutdown.
+pub struct Shard(Box<ShardLoop>);
+
+impl Shard {
+    /// Sets up the shard: epoll instance, listener registration, buffers, spare descriptor.
+    pub fn new(spec: ShardSpec) -> io::Result<Shard> {
+        ShardLoop::new(spec).map(|s| Shard(Box::new(s)))
+    }
+
+    /// Serves until shutdown has drained every connection.
+    pub fn run(self) -> io::Result<()> {
+        self.0.run()
+    }
+}
+
+struct ShardLoop {
     id: usize,
     epoll: Epoll,
     /// `None` once shutdown has begun.
@@ -71,8 +86,8 @@ pub struct Shard {
     base_wait_ms: u64,
 }
 
-impl Shard {
-    pub fn new(spec: ShardSpec) -> io::Result<Shard> {
+impl ShardLoop {
+    fn new(spec: ShardSpec) -> io::Result<ShardLoop> {
         let ShardSpec {
             id,
             listener,
@@ -116,7 +131,7 @@ impl Shard {
             io.buffers.size(),
             wheel.as_ref().map(IdleWheel::tick)
         );
-        Ok(Shard {
+        Ok(ShardLoop {
             id,
             epoll,
             acceptor: Some(acceptor),
@@ -138,7 +153,7 @@ impl Shard {
 
     /// Serves until shutdown has drained every connection. Counters are flushed a last time on the way
     /// out, also when the loop fails.
-    pub fn run(mut self) -> io::Result<()> {
+    fn run(mut self) -> io::Result<()> {
         let res = self.run_loop();
         self.flush_counters();
         match &res {
@@ -478,7 +493,7 @@ impl Shard {
     }
 }
 
-impl Drop for Shard {
+impl Drop for ShardLoop {
     /// Closes what is still open if `run` failed (after a normal return nothing is).
     fn drop(&mut self) {
         for fd in self.slots.live_indices() {
