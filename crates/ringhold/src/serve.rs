@@ -207,12 +207,14 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         args.idle_timeout,
         args.max_connections,
     );
+    // Signal handlers before the ready lines: a SIGTERM sent as soon as "listening on" shows up must
+    // drain, and the process's descriptors (the handler's socket pair) are all open once it is ready.
+    spawn_signal_thread(events_tx.clone())?;
+
     if let Some(m) = metrics_addr {
         info!("metrics on http://{m}/metrics");
     }
     info!("listening on {local}");
-
-    spawn_signal_thread(events_tx.clone())?;
 
     let mut exited = 0;
     let mut failed = false;
