@@ -15,14 +15,14 @@ use crate::cli::{Engine, ServeArgs};
 use crate::{listen, rlimit};
 
 enum AnyShard {
-    Uring(ringhold_uring::Shard),
+    Uring(Box<ringhold_uring::Shard>),
     Epoll(ringhold_epoll::Shard),
 }
 
 impl AnyShard {
     fn new(engine: Engine, spec: ShardSpec) -> io::Result<AnyShard> {
         Ok(match engine {
-            Engine::Uring => AnyShard::Uring(ringhold_uring::Shard::new(spec)?),
+            Engine::Uring => AnyShard::Uring(Box::new(ringhold_uring::Shard::new(spec)?)),
             Engine::Epoll => AnyShard::Epoll(ringhold_epoll::Shard::new(spec)?),
         })
     }
@@ -53,23 +53,41 @@ pub fn run(args: ServeArgs) -> ExitCode {
 
 fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
-    let ncores = thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let ncores = thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let shards = args.shards.map(usize::from).unwrap_or(ncores);
 
-    let (before, nofile) = rlimit::raise_nofile().map_err(|e| format!("cannot read RLIMIT_NOFILE: {e}"))?;
+    let (before, nofile) =
+        rlimit::raise_nofile().map_err(|e| format!("cannot read RLIMIT_NOFILE: {e}"))?;
     if before.soft != nofile.soft {
-        info!("raised RLIMIT_NOFILE soft limit from {} to the hard limit {}", before.soft, nofile.soft);
+        info!(
+            "raised RLIMIT_NOFILE soft limit from {} to the hard limit {}",
+            before.soft, nofile.soft
+        );
     }
 
     if args.engine == Engine::Uring {
         ringhold_uring::probe().map_err(|cause| {
-            format!("io_uring cannot be used: {cause}. Run with --engine epoll to use epoll instead")
+            format!(
+                "io_uring cannot be used: {cause}. Run with --engine epoll to use epoll instead"
+            )
         })?;
     }
 
     let direct = args.engine == Engine::Uring && !args.no_direct_descriptors;
-    let fixed_files = if args.fixed_files > 0 { args.fixed_files as u64 } else { nofile.soft };
-    let capacity = crate::doctor::binding_limit_line(args.engine, shards, direct, fixed_files, args.max_connections);
+    let fixed_files = if args.fixed_files > 0 {
+        args.fixed_files as u64
+    } else {
+        nofile.soft
+    };
+    let capacity = crate::doctor::binding_limit_line(
+        args.engine,
+        shards,
+        direct,
+        fixed_files,
+        args.max_connections,
+    );
 
     if let Some(max) = listen::somaxconn() {
         if args.backlog > max {
@@ -100,7 +118,10 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         .map_err(|e| {
             format!(
                 "cannot serve metrics on {}: {e} (pick another --metrics-listen, or `off`)",
-                args.metrics_listen.0.map(|a| a.to_string()).unwrap_or_default()
+                args.metrics_listen
+                    .0
+                    .map(|a| a.to_string())
+                    .unwrap_or_default()
             )
         })?;
 
@@ -149,7 +170,10 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
             Ok((_, Ok(()))) => {}
             Ok((id, Err(e))) => {
                 shared.begin_shutdown();
-                return Err(format!("shard {id} could not start: {e}{}", setup_hint(args.engine, &e)));
+                return Err(format!(
+                    "shard {id} could not start: {e}{}",
+                    setup_hint(args.engine, &e)
+                ));
             }
             Err(_) => return Err("a shard thread died during start-up".into()),
         }
@@ -205,7 +229,9 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
                     error!("shard {id} stopped: {e}");
                     failed = true;
                     shared.begin_shutdown();
-                    deadline.get_or_insert(Instant::now() + args.shutdown_timeout + Duration::from_secs(2));
+                    deadline.get_or_insert(
+                        Instant::now() + args.shutdown_timeout + Duration::from_secs(2),
+                    );
                 }
             }
             Err(RecvTimeoutError::Timeout) => {
@@ -219,7 +245,11 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         let _ = h.join();
     }
     info!("stopped");
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn spawn_signal_thread(tx: crossbeam_channel::Sender<Event>) -> Result<(), String> {
