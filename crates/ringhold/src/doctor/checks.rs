@@ -547,8 +547,16 @@ pub fn uring(c: &Ctx<'_>, r: &UringReport) -> Vec<Check> {
                 Some(libc::ENOSYS) => vec!["a kernel built with CONFIG_IO_URING (Linux ≥ 6.0)".into(), "or --engine epoll".into()],
                 Some(libc::ENOMEM) => vec!["LimitMEMLOCK=infinity / ulimit -l unlimited (kernels before 5.12)".into(), "or --engine epoll".into()],
                 _ => {
-                    let mut f = sysctl_fix("kernel.io_uring_disabled", "0");
-                    f.push("allow io_uring_setup/io_uring_enter/io_uring_register in seccomp".into());
+                    let mut f = Vec::new();
+                    if h.io_uring_disabled.is_some_and(|v| v > 0) {
+                        f.extend(sysctl_fix("kernel.io_uring_disabled", "0"));
+                    }
+                    if h.seccomp.is_some_and(|m| m > 0) {
+                        f.push("a seccomp profile that allows io_uring_setup/io_uring_enter/io_uring_register (see io_uring.seccomp)".into());
+                    }
+                    if f.is_empty() {
+                        f.push("io_uring is refused by a security module (LSM) or a container runtime: allow io_uring_setup".into());
+                    }
                     f.push("or --engine epoll".into());
                     f
                 }
