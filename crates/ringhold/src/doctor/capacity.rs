@@ -56,7 +56,11 @@ impl Plan {
 
     /// Memory the server takes whatever the connection count: buffers and fixed-file tables.
     pub fn fixed_bytes(&self, host: &Host) -> u64 {
-        let tables = if self.direct { self.shards * self.table_slots(host) * BYTES_PER_FIXED_SLOT } else { 0 };
+        let tables = if self.direct {
+            self.shards * self.table_slots(host) * BYTES_PER_FIXED_SLOT
+        } else {
+            0
+        };
         self.shards * self.shard_buffer_bytes + tables
     }
 }
@@ -84,7 +88,9 @@ pub fn limits(host: &Host, plan: &Plan) -> Vec<Limit> {
         out.push(Limit {
             id: "rlimit.nofile",
             connections: soft.saturating_sub(FD_RESERVE),
-            text: format!("RLIMIT_NOFILE {soft} (one fd per connection, {FD_RESERVE} kept for the server)"),
+            text: format!(
+                "RLIMIT_NOFILE {soft} (one fd per connection, {FD_RESERVE} kept for the server)"
+            ),
         });
     }
     if let Some(avail) = host.mem_available {
@@ -131,10 +137,12 @@ pub fn limits(host: &Host, plan: &Plan) -> Vec<Limit> {
 
 /// The smallest limit (the first of equals).
 pub fn binding(limits: &[Limit]) -> Option<&Limit> {
-    limits.iter().fold(None, |best: Option<&Limit>, l| match best {
-        Some(b) if b.connections <= l.connections => Some(b),
-        _ => Some(l),
-    })
+    limits
+        .iter()
+        .fold(None, |best: Option<&Limit>, l| match best {
+            Some(b) if b.connections <= l.connections => Some(b),
+            _ => Some(l),
+        })
 }
 
 /// `capacity=N connections (bound by …)` for the start-up line of `serve`: the same logic as
@@ -159,7 +167,10 @@ pub fn binding_limit_line(
     };
     let limits = limits(&host, &plan);
     match binding(&limits) {
-        Some(b) => format!("capacity={} connections (bound by {})", b.connections, b.text),
+        Some(b) => format!(
+            "capacity={} connections (bound by {})",
+            b.connections, b.text
+        ),
         None => "capacity=unknown".to_string(),
     }
 }
@@ -212,7 +223,10 @@ mod tests {
     fn plain_fds_bound_by_the_hard_limit() {
         let l = limits(&host(), &plan(false, 2));
         let b = binding(&l).unwrap();
-        assert_eq!((b.id, b.connections), ("rlimit.nofile", 20_000 - FD_RESERVE));
+        assert_eq!(
+            (b.id, b.connections),
+            ("rlimit.nofile", 20_000 - FD_RESERVE)
+        );
     }
 
     #[test]
@@ -228,7 +242,9 @@ mod tests {
     fn conntrack_and_file_max_only_when_they_apply() {
         let mut h = host();
         let mut p = plan(false, 1);
-        assert!(!limits(&h, &p).iter().any(|l| l.id == "net.conntrack" || l.id == "fs.file_max"));
+        assert!(!limits(&h, &p)
+            .iter()
+            .any(|l| l.id == "net.conntrack" || l.id == "fs.file_max"));
         p.conntrack_applies = true;
         h.cap_eff = Some(0);
         let ids: Vec<_> = limits(&h, &p).iter().map(|l| l.id).collect();

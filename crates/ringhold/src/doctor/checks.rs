@@ -71,6 +71,8 @@ pub struct Ctx<'a> {
     pub targets: u64,
     pub backlog: u64,
     pub kernel: (u32, u32),
+    /// The port `serve` listens on.
+    pub port: u16,
 }
 
 impl Ctx<'_> {
@@ -89,7 +91,11 @@ pub fn div_ceil(a: u64, b: u64) -> u64 {
 
 /// `sysctl -w` now, and the line that keeps it across reboots.
 pub fn sysctl_fix(key: &str, value: &str) -> Vec<String> {
-    let now = if value.contains(' ') { format!("sysctl -w {key}=\"{value}\"") } else { format!("sysctl -w {key}={value}") };
+    let now = if value.contains(' ') {
+        format!("sysctl -w {key}=\"{value}\"")
+    } else {
+        format!("sysctl -w {key}={value}")
+    };
     vec![now, format!("echo '{key} = {value}' >> {SYSCTL_FILE}")]
 }
 
@@ -99,7 +105,11 @@ fn opt(v: Option<u64>) -> String {
 
 fn nums(v: &Option<Vec<u64>>) -> String {
     match v {
-        Some(v) => v.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" "),
+        Some(v) => v
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(" "),
         None => "unknown".into(),
     }
 }
@@ -184,7 +194,12 @@ pub fn nofile(c: &Ctx<'_>) -> Check {
     }
     let note = cap_note(h);
     if !note.is_empty() && k.status != Status::Ok {
-        k.note = [k.note.clone(), note].iter().filter(|s| !s.is_empty()).cloned().collect::<Vec<_>>().join("; ");
+        k.note = [k.note.clone(), note]
+            .iter()
+            .filter(|s| !s.is_empty())
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; ");
     }
     k
 }
@@ -195,7 +210,10 @@ pub fn nr_open(c: &Ctx<'_>) -> Check {
     k.current = opt(h.nr_open);
     let (need, sev) = if c.plan.direct {
         let per = div_ceil(c.connections, c.plan.shards).min(IORING_MAX_FIXED_FILES);
-        k.needed = format!("{per} to size {} fixed-file tables by RLIMIT_NOFILE alone (or add shards)", c.plan.shards);
+        k.needed = format!(
+            "{per} to size {} fixed-file tables by RLIMIT_NOFILE alone (or add shards)",
+            c.plan.shards
+        );
         (per, Status::Warn)
     } else {
         let n = c.connections + FD_RESERVE;
@@ -217,7 +235,9 @@ pub fn file_max(c: &Ctx<'_>) -> Check {
     let socks = c.connections * c.plan.sockets_per_conn;
     let need = socks + h.files_open.unwrap_or(0) + 1024;
     k.current = format!("{} ({} open now)", opt(h.file_max), opt(h.files_open));
-    k.needed = format!("{need} ({socks} sockets + files open now + 1024; direct descriptors are files too)");
+    k.needed = format!(
+        "{need} ({socks} sockets + files open now + 1024; direct descriptors are files too)"
+    );
     if h.file_max.is_some_and(|m| m < need) {
         if h.has_cap(CAP_SYS_ADMIN) {
             k.status = Status::Warn;
@@ -241,10 +261,17 @@ pub fn memlock(c: &Ctx<'_>) -> Check {
         k.needed = "nothing: since Linux 5.12 io_uring charges rings to the memory cgroup, not to RLIMIT_MEMLOCK".into();
     } else {
         let need = c.plan.shards * (c.plan.shard_buffer_bytes + (1 << 20));
-        k.needed = format!("{} (rings and buffer rings of {} shards are locked memory before 5.12)", fmt_bytes(need), c.plan.shards);
+        k.needed = format!(
+            "{} (rings and buffer rings of {} shards are locked memory before 5.12)",
+            fmt_bytes(need),
+            c.plan.shards
+        );
         if c.host.memlock_soft.is_some_and(|v| v < need) && c.plan.engine == Engine::Uring {
             k.status = Status::Fail;
-            k.fix = vec!["LimitMEMLOCK=infinity   # systemd unit, [Service]".into(), "ulimit -l unlimited".into()];
+            k.fix = vec![
+                "LimitMEMLOCK=infinity   # systemd unit, [Service]".into(),
+                "ulimit -l unlimited".into(),
+            ];
         }
     }
     k
@@ -252,21 +279,31 @@ pub fn memlock(c: &Ctx<'_>) -> Check {
 
 pub fn backlog(c: &Ctx<'_>) -> [Check; 2] {
     let h = c.host;
-    let mut a = Check::new("net.somaxconn", "net.core.somaxconn (caps every listen backlog)");
+    let mut a = Check::new(
+        "net.somaxconn",
+        "net.core.somaxconn (caps every listen backlog)",
+    );
     a.current = opt(h.somaxconn);
-    a.needed = format!("≥ {} (serve --backlog; the kernel silently caps the backlog at somaxconn)", c.backlog);
+    a.needed = format!(
+        "≥ {} (serve --backlog; the kernel silently caps the backlog at somaxconn)",
+        c.backlog
+    );
     if h.somaxconn.is_some_and(|v| v < c.backlog) {
         a.status = Status::Warn;
         a.fix = sysctl_fix("net.core.somaxconn", &c.backlog.to_string());
         a.note = "a small backlog drops SYNs while many clients connect at once; nothing is lost once connected".into();
     }
-    let mut b = Check::new("net.syn_backlog", "net.ipv4.tcp_max_syn_backlog (half-open connections)");
+    let mut b = Check::new(
+        "net.syn_backlog",
+        "net.ipv4.tcp_max_syn_backlog (half-open connections)",
+    );
     b.current = opt(h.tcp_max_syn_backlog);
     b.needed = format!("≥ {} (the listen backlog)", c.backlog);
     if h.tcp_max_syn_backlog.is_some_and(|v| v < c.backlog) {
         b.status = Status::Warn;
         b.fix = sysctl_fix("net.ipv4.tcp_max_syn_backlog", &c.backlog.to_string());
-        b.note = "under a burst of SYNs beyond it the kernel falls back to SYN cookies or drops".into();
+        b.note =
+            "under a burst of SYNs beyond it the kernel falls back to SYN cookies or drops".into();
     }
     [a, b]
 }
@@ -278,7 +315,10 @@ pub fn port_capacity(c: &Ctx<'_>) -> Option<u64> {
 }
 
 pub fn ephemeral_ports(c: &Ctx<'_>) -> Check {
-    let mut k = Check::new("net.ephemeral_ports", "ephemeral ports (net.ipv4.ip_local_port_range) for a load generator here");
+    let mut k = Check::new(
+        "net.ephemeral_ports",
+        "ephemeral ports (net.ipv4.ip_local_port_range) for a load generator here",
+    );
     let Some((lo, hi)) = c.host.port_range else {
         k.status = Status::Warn;
         k.current = "unknown".into();
@@ -311,8 +351,11 @@ pub fn ephemeral_ports(c: &Ctx<'_>) -> Check {
             "use {k1} source addresses (127.0.0.1 … 127.0.0.{k1} on loopback) with IP_BIND_ADDRESS_NO_PORT; \
              re-check with ringhold doctor --sources {k1}"
         )];
-        k.fix.extend(sysctl_fix("net.ipv4.ip_local_port_range", "1024 65535"));
-        k.fix.push(format!("with 1024-65535 ({wide} ports), {k2} source addresses suffice"));
+        k.fix
+            .extend(sysctl_fix("net.ipv4.ip_local_port_range", "1024 65535"));
+        k.fix.push(format!(
+            "with 1024-65535 ({wide} ports), {k2} source addresses suffice"
+        ));
     }
     k
 }
@@ -322,10 +365,16 @@ pub fn loadgen_fds(c: &Ctx<'_>) -> Option<Check> {
         return None;
     }
     let h = c.host;
-    let mut k = Check::new("load.nofile", "file descriptors of a load generator here (one fd per client socket)");
+    let mut k = Check::new(
+        "load.nofile",
+        "file descriptors of a load generator here (one fd per client socket)",
+    );
     let per = h.nofile_hard.saturating_sub(FD_RESERVE).max(1);
     let procs = div_ceil(c.connections, per);
-    k.current = format!("hard RLIMIT_NOFILE {}: {per} client sockets per process", h.nofile_hard);
+    k.current = format!(
+        "hard RLIMIT_NOFILE {}: {per} client sockets per process",
+        h.nofile_hard
+    );
     k.needed = format!("{} client sockets", c.connections);
     if procs > 1 {
         k.status = Status::Warn;
@@ -340,10 +389,17 @@ pub fn loadgen_fds(c: &Ctx<'_>) -> Option<Check> {
 
 pub fn memory(c: &Ctx<'_>) -> Check {
     let h = c.host;
-    let mut k = Check::new("memory", "memory (MemAvailable) for the kernel sockets and the server");
+    let mut k = Check::new(
+        "memory",
+        "memory (MemAvailable) for the kernel sockets and the server",
+    );
     let per = c.plan.bytes_per_conn();
     let need = c.connections * per + c.plan.fixed_bytes(h);
-    k.current = format!("MemAvailable {} of {}", h.mem_available.map(fmt_bytes).unwrap_or("unknown".into()), h.mem_total.map(fmt_bytes).unwrap_or("unknown".into()));
+    k.current = format!(
+        "MemAvailable {} of {}",
+        h.mem_available.map(fmt_bytes).unwrap_or("unknown".into()),
+        h.mem_total.map(fmt_bytes).unwrap_or("unknown".into())
+    );
     k.needed = format!(
         "{} = {} connections × {per} B ({} socket{} × ~{KERNEL_BYTES_PER_SOCKET} B measured per idle loopback \
          socket + user state) + {} of buffers and tables",
@@ -356,7 +412,10 @@ pub fn memory(c: &Ctx<'_>) -> Check {
     if h.mem_available.is_some_and(|a| a < need) {
         k.status = Status::Fail;
         k.fix = vec![
-            format!("free or add {} of memory, or spread the connections over more hosts", fmt_bytes(need - h.mem_available.unwrap_or(0))),
+            format!(
+                "free or add {} of memory, or spread the connections over more hosts",
+                fmt_bytes(need - h.mem_available.unwrap_or(0))
+            ),
             "fewer --buffers per shard if buffers take a large share".into(),
         ];
     }
@@ -365,20 +424,33 @@ pub fn memory(c: &Ctx<'_>) -> Check {
 
 pub fn tcp_mem(c: &Ctx<'_>) -> Check {
     let h = c.host;
-    let mut k = Check::new("net.tcp_mem", "net.ipv4.tcp_mem (pages all TCP buffers may use)");
+    let mut k = Check::new(
+        "net.tcp_mem",
+        "net.ipv4.tcp_mem (pages all TCP buffers may use)",
+    );
     let page = h.page_size;
     let socks = c.connections * c.plan.sockets_per_conn;
     k.current = match &h.tcp_mem {
-        Some(v) => format!("{} pages (max {})", nums(&h.tcp_mem), fmt_bytes(v[2] * page)),
+        Some(v) => format!(
+            "{} pages (max {})",
+            nums(&h.tcp_mem),
+            fmt_bytes(v[2] * page)
+        ),
         None => "unknown".into(),
     };
-    k.needed = format!("max ≥ {socks} pages ({}) to let every socket queue one page at the same moment", fmt_bytes(socks * page));
+    k.needed = format!(
+        "max ≥ {socks} pages ({}) to let every socket queue one page at the same moment",
+        fmt_bytes(socks * page)
+    );
     k.note = "idle sockets queue nothing and cost no tcp_mem; past the max the kernel drops segments (they are retransmitted)".into();
     if let Some(v) = &h.tcp_mem {
         if v[2] < socks {
             k.status = Status::Warn;
             let high = socks;
-            k.fix = sysctl_fix("net.ipv4.tcp_mem", &format!("{} {} {high}", high / 2, high * 3 / 4));
+            k.fix = sysctl_fix(
+                "net.ipv4.tcp_mem",
+                &format!("{} {} {high}", high / 2, high * 3 / 4),
+            );
             if let Some(total) = h.mem_total {
                 if high * page > total / 3 {
                     k.fix.push(format!("that is more than a third of the memory ({}): keep the max lower if the connections are mostly idle", fmt_bytes(total)));
@@ -391,9 +463,15 @@ pub fn tcp_mem(c: &Ctx<'_>) -> Check {
 
 pub fn tcp_buffers(c: &Ctx<'_>) -> Check {
     let h = c.host;
-    let mut k = Check::new("net.tcp_buffers", "net.ipv4.tcp_rmem / tcp_wmem (per-socket buffer sizes)");
+    let mut k = Check::new(
+        "net.tcp_buffers",
+        "net.ipv4.tcp_rmem / tcp_wmem (per-socket buffer sizes)",
+    );
     k.current = format!("rmem {}, wmem {}", nums(&h.tcp_rmem), nums(&h.tcp_wmem));
-    k.needed = format!("minimums ≤ one page ({} B) so that sockets shrink to a page under memory pressure", h.page_size);
+    k.needed = format!(
+        "minimums ≤ one page ({} B) so that sockets shrink to a page under memory pressure",
+        h.page_size
+    );
     if let (Some(r), Some(w)) = (&h.tcp_rmem, &h.tcp_wmem) {
         k.note = format!(
             "the defaults are limits, not allocations: an idle socket holds no buffer; a busy one up to {} by default",
@@ -401,8 +479,14 @@ pub fn tcp_buffers(c: &Ctx<'_>) -> Check {
         );
         if r[0] > h.page_size || w[0] > h.page_size {
             k.status = Status::Warn;
-            k.fix = sysctl_fix("net.ipv4.tcp_rmem", &format!("{} {} {}", h.page_size, r[1], r[2]));
-            k.fix.extend(sysctl_fix("net.ipv4.tcp_wmem", &format!("{} {} {}", h.page_size, w[1], w[2])));
+            k.fix = sysctl_fix(
+                "net.ipv4.tcp_rmem",
+                &format!("{} {} {}", h.page_size, r[1], r[2]),
+            );
+            k.fix.extend(sysctl_fix(
+                "net.ipv4.tcp_wmem",
+                &format!("{} {} {}", h.page_size, w[1], w[2]),
+            ));
         }
     }
     k
@@ -411,13 +495,19 @@ pub fn tcp_buffers(c: &Ctx<'_>) -> Check {
 /// `applies`: whether conntrack tracked a loopback connection in this namespace (see net.rs).
 pub fn conntrack(c: &Ctx<'_>, applies: Option<bool>) -> Check {
     let h = c.host;
-    let mut k = Check::new("net.conntrack", "netfilter connection tracking (nf_conntrack_max)");
+    let mut k = Check::new(
+        "net.conntrack",
+        "netfilter connection tracking (nf_conntrack_max)",
+    );
     let Some(max) = h.conntrack_max else {
         k.current = "nf_conntrack not loaded".into();
         k.needed = "nothing".into();
         return k;
     };
-    k.current = format!("nf_conntrack_max {max}, {} entries now", opt(h.conntrack_count));
+    k.current = format!(
+        "nf_conntrack_max {max}, {} entries now",
+        opt(h.conntrack_count)
+    );
     match applies {
         Some(false) => {
             k.needed = format!(
@@ -436,8 +526,9 @@ pub fn conntrack(c: &Ctx<'_>, applies: Option<bool>) -> Check {
                 let n = c.connections + c.connections / 4;
                 k.fix = sysctl_fix("net.netfilter.nf_conntrack_max", &n.to_string());
                 k.fix.push(format!(
-                    "or exempt the port: iptables -t raw -A PREROUTING -p tcp --dport <port> -j NOTRACK; \
-                     iptables -t raw -A OUTPUT -p tcp --sport <port> -j NOTRACK"
+                    "or exempt the port: iptables -t raw -A PREROUTING -p tcp --dport {p} -j NOTRACK; \
+                     iptables -t raw -A OUTPUT -p tcp --sport {p} -j NOTRACK",
+                    p = c.port
                 ));
             }
         }
@@ -447,8 +538,15 @@ pub fn conntrack(c: &Ctx<'_>, applies: Option<bool>) -> Check {
 
 pub fn time_wait(c: &Ctx<'_>) -> Check {
     let h = c.host;
-    let mut k = Check::new("net.time_wait", "TIME_WAIT (net.ipv4.tcp_tw_reuse, tcp_max_tw_buckets)");
-    k.current = format!("tcp_tw_reuse {}, tcp_max_tw_buckets {}", opt(h.tcp_tw_reuse), opt(h.tcp_max_tw_buckets));
+    let mut k = Check::new(
+        "net.time_wait",
+        "TIME_WAIT (net.ipv4.tcp_tw_reuse, tcp_max_tw_buckets)",
+    );
+    k.current = format!(
+        "tcp_tw_reuse {}, tcp_max_tw_buckets {}",
+        opt(h.tcp_tw_reuse),
+        opt(h.tcp_max_tw_buckets)
+    );
     k.needed = if c.loadgen_here() {
         "tcp_tw_reuse 1 (or 2, loopback only) so a load generator here can reuse ports held in TIME_WAIT".into()
     } else {
@@ -496,16 +594,24 @@ fn errno_name(n: i32) -> &'static str {
 /// WARN otherwise (epoll does not need io_uring).
 pub fn uring(c: &Ctx<'_>, r: &UringReport) -> Vec<Check> {
     let h = c.host;
-    let sev = if c.plan.engine == Engine::Uring { Status::Fail } else { Status::Warn };
+    let sev = if c.plan.engine == Engine::Uring {
+        Status::Fail
+    } else {
+        Status::Warn
+    };
     let blocked = r.setup.as_ref().err().and_then(|e| e.raw_os_error());
     let mut out = Vec::new();
 
     let mut k = Check::new("io_uring.disabled", "kernel.io_uring_disabled");
     k.current = match (h.io_uring_disabled, h.io_uring_group) {
         (None, _) => "not present (kernel before 6.6: io_uring always on)".into(),
-        (Some(v), g) => format!("{v} (io_uring_group {})", g.map(|g| g.to_string()).unwrap_or("unknown".into())),
+        (Some(v), g) => format!(
+            "{v} (io_uring_group {})",
+            g.map(|g| g.to_string()).unwrap_or("unknown".into())
+        ),
     };
-    k.needed = "0 (1 allows only io_uring_group members and CAP_SYS_ADMIN, 2 disables io_uring)".into();
+    k.needed =
+        "0 (1 allows only io_uring_group members and CAP_SYS_ADMIN, 2 disables io_uring)".into();
     if h.io_uring_disabled.is_some_and(|v| v > 0) {
         k.status = if r.setup.is_ok() { Status::Warn } else { sev };
         k.fix = sysctl_fix("kernel.io_uring_disabled", "0");
@@ -516,11 +622,16 @@ pub fn uring(c: &Ctx<'_>, r: &UringReport) -> Vec<Check> {
     let mut k = Check::new("io_uring.seccomp", "seccomp filter on this process");
     k.current = match (h.seccomp, h.seccomp_filters) {
         (Some(0), _) => "none (Seccomp: 0)".into(),
-        (Some(m), f) => format!("Seccomp: {m} ({} filter{})", opt(f), if f == Some(1) { "" } else { "s" }),
+        (Some(m), f) => format!(
+            "Seccomp: {m} ({} filter{})",
+            opt(f),
+            if f == Some(1) { "" } else { "s" }
+        ),
         (None, _) => "unknown".into(),
     };
     k.needed = "a filter that allows io_uring_setup, io_uring_enter and io_uring_register".into();
-    if h.seccomp.is_some_and(|m| m > 0) && matches!(blocked, Some(libc::EPERM) | Some(libc::ENOSYS)) {
+    if h.seccomp.is_some_and(|m| m > 0) && matches!(blocked, Some(libc::EPERM) | Some(libc::ENOSYS))
+    {
         k.status = sev;
         k.fix = vec![
             "Kubernetes: securityContext.seccompProfile of type Localhost with deploy/kubernetes/seccomp/ringhold.json \
@@ -539,13 +650,24 @@ pub fn uring(c: &Ctx<'_>, r: &UringReport) -> Vec<Check> {
     let mut k = Check::new("io_uring.setup", "io_uring ring creation (io_uring_setup)");
     k.needed = "a ring (SINGLE_ISSUER|DEFER_TASKRUN on Linux ≥ 6.1, plain otherwise)".into();
     match &r.setup {
-        Ok(flags) => k.current = format!("created, flags {flags}; recv bundles {}", if r.bundle { "yes" } else { "no" }),
+        Ok(flags) => {
+            k.current = format!(
+                "created, flags {flags}; recv bundles {}",
+                if r.bundle { "yes" } else { "no" }
+            )
+        }
         Err(e) => {
             k.current = format!("failed: {}", os_err(e));
             k.status = sev;
             k.fix = match e.raw_os_error() {
-                Some(libc::ENOSYS) => vec!["a kernel built with CONFIG_IO_URING (Linux ≥ 6.0)".into(), "or --engine epoll".into()],
-                Some(libc::ENOMEM) => vec!["LimitMEMLOCK=infinity / ulimit -l unlimited (kernels before 5.12)".into(), "or --engine epoll".into()],
+                Some(libc::ENOSYS) => vec![
+                    "a kernel built with CONFIG_IO_URING (Linux ≥ 6.0)".into(),
+                    "or --engine epoll".into(),
+                ],
+                Some(libc::ENOMEM) => vec![
+                    "LimitMEMLOCK=infinity / ulimit -l unlimited (kernels before 5.12)".into(),
+                    "or --engine epoll".into(),
+                ],
                 _ => {
                     let mut f = Vec::new();
                     if h.io_uring_disabled.is_some_and(|v| v > 0) {
@@ -568,12 +690,21 @@ pub fn uring(c: &Ctx<'_>, r: &UringReport) -> Vec<Check> {
         return out;
     }
 
-    let mut k = Check::new("io_uring.opcodes", "io_uring opcodes ringhold uses (IORING_REGISTER_PROBE)");
+    let mut k = Check::new(
+        "io_uring.opcodes",
+        "io_uring opcodes ringhold uses (IORING_REGISTER_PROBE)",
+    );
     let missing: Vec<_> = r.opcodes.iter().filter(|o| !o.1).collect();
     k.current = if missing.is_empty() {
-        format!("all supported: {}", r.opcodes.iter().map(|o| o.0).collect::<Vec<_>>().join(", "))
+        format!(
+            "all supported: {}",
+            r.opcodes.iter().map(|o| o.0).collect::<Vec<_>>().join(", ")
+        )
     } else {
-        format!("missing: {}", missing.iter().map(|o| o.0).collect::<Vec<_>>().join(", "))
+        format!(
+            "missing: {}",
+            missing.iter().map(|o| o.0).collect::<Vec<_>>().join(", ")
+        )
     };
     k.needed = "ACCEPT, RECV, SEND, CLOSE, ASYNC_CANCEL (URING_CMD for setsockopt on direct descriptors: optional)".into();
     if missing.iter().any(|o| o.2) {
@@ -585,7 +716,10 @@ pub fn uring(c: &Ctx<'_>, r: &UringReport) -> Vec<Check> {
     }
     out.push(k);
 
-    let mut k = Check::new("io_uring.buf_ring", "provided buffer ring (IORING_REGISTER_PBUF_RING)");
+    let mut k = Check::new(
+        "io_uring.buf_ring",
+        "provided buffer ring (IORING_REGISTER_PBUF_RING)",
+    );
     k.needed = "registration works (Linux ≥ 5.19)".into();
     match &r.buf_ring {
         Some(Ok(())) => k.current = "registered".into(),
@@ -620,14 +754,19 @@ pub fn uring(c: &Ctx<'_>, r: &UringReport) -> Vec<Check> {
     }
     out.push(k);
 
-    let mut k = Check::new("io_uring.setsockopt", "setsockopt on a direct descriptor (URING_CMD SOCKET_URING_OP_SETSOCKOPT)");
+    let mut k = Check::new(
+        "io_uring.setsockopt",
+        "setsockopt on a direct descriptor (URING_CMD SOCKET_URING_OP_SETSOCKOPT)",
+    );
     k.needed = "works (Linux ≥ 6.7) for --tcp-keepalive with direct descriptors".into();
     match &r.setsockopt {
         Some(Ok(())) => k.current = "SO_KEEPALIVE set".into(),
         Some(Err(e)) => {
             k.current = format!("failed: {}", os_err(e));
             k.status = Status::Warn;
-            k.fix = vec!["Linux ≥ 6.7, or --no-direct-descriptors when --tcp-keepalive is needed".into()];
+            k.fix = vec![
+                "Linux ≥ 6.7, or --no-direct-descriptors when --tcp-keepalive is needed".into(),
+            ];
         }
         None => {
             k.current = "not tried".into();
@@ -643,7 +782,10 @@ pub fn uring(c: &Ctx<'_>, r: &UringReport) -> Vec<Check> {
 fn fixed_files(c: &Ctx<'_>, r: &UringReport) -> Check {
     let h = c.host;
     let plan = c.plan;
-    let mut k = Check::new("io_uring.fixed_files", "io_uring fixed-file tables (direct descriptors: no process fd per connection)");
+    let mut k = Check::new(
+        "io_uring.fixed_files",
+        "io_uring fixed-file tables (direct descriptors: no process fd per connection)",
+    );
     let slots = plan.table_slots(h);
     let soft = h.serve_nofile();
     let have = plan.shards * slots;
@@ -653,7 +795,9 @@ fn fixed_files(c: &Ctx<'_>, r: &UringReport) -> Check {
         None => "table not tried".into(),
     };
     let over = match &r.table_over {
-        Some((n, Err(e))) if e.raw_os_error() == Some(libc::EMFILE) => format!("; {n} slots: EMFILE (the cap is RLIMIT_NOFILE)"),
+        Some((n, Err(e))) if e.raw_os_error() == Some(libc::EMFILE) => {
+            format!("; {n} slots: EMFILE (the cap is RLIMIT_NOFILE)")
+        }
         Some((n, Err(e))) => format!("; {n} slots: {}", os_err(e)),
         Some((n, Ok(()))) => format!("; {n} slots: accepted"),
         None => String::new(),
@@ -663,9 +807,14 @@ fn fixed_files(c: &Ctx<'_>, r: &UringReport) -> Check {
         plan.shards
     );
     let per = div_ceil(c.connections, plan.shards);
-    k.needed = format!("{} slots in all: {per} per shard with {} shards", c.connections, plan.shards);
+    k.needed = format!(
+        "{} slots in all: {per} per shard with {} shards",
+        c.connections, plan.shards
+    );
     if !plan.direct {
-        k.needed = "nothing: direct descriptors are off (--engine epoll or --no-direct-descriptors)".into();
+        k.needed =
+            "nothing: direct descriptors are off (--engine epoll or --no-direct-descriptors)"
+                .into();
         return k;
     }
     if matches!(r.table, Some((_, Err(_)))) {
@@ -690,7 +839,10 @@ fn fixed_files(c: &Ctx<'_>, r: &UringReport) -> Check {
         }
         let per_capped = per.min(IORING_MAX_FIXED_FILES);
         if per_capped * plan.shards >= c.connections {
-            fix.push(format!("or keep {} shards and make each table {per} slots:", plan.shards));
+            fix.push(format!(
+                "or keep {} shards and make each table {per} slots:",
+                plan.shards
+            ));
             fix.extend(nofile_fix(h, per));
         } else {
             let s = div_ceil(c.connections, IORING_MAX_FIXED_FILES);
@@ -710,8 +862,14 @@ mod tests {
     #[test]
     fn sysctl_fix_quotes_values_with_spaces() {
         let f = sysctl_fix("net.ipv4.ip_local_port_range", "1024 65535");
-        assert_eq!(f[0], "sysctl -w net.ipv4.ip_local_port_range=\"1024 65535\"");
-        assert_eq!(f[1], format!("echo 'net.ipv4.ip_local_port_range = 1024 65535' >> {SYSCTL_FILE}"));
+        assert_eq!(
+            f[0],
+            "sysctl -w net.ipv4.ip_local_port_range=\"1024 65535\""
+        );
+        assert_eq!(
+            f[1],
+            format!("echo 'net.ipv4.ip_local_port_range = 1024 65535' >> {SYSCTL_FILE}")
+        );
         assert_eq!(sysctl_fix("fs.nr_open", "5")[0], "sysctl -w fs.nr_open=5");
     }
 

@@ -113,7 +113,9 @@ struct Report {
 
 fn kernel_release() -> (String, (u32, u32)) {
     let rel = sys::sysctl("kernel.osrelease").unwrap_or_default();
-    let mut it = rel.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
+    let mut it = rel
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
     let v = (it.next().unwrap_or(0), it.next().unwrap_or(0));
     (rel, v)
 }
@@ -144,7 +146,11 @@ fn diagnose(args: &DoctorArgs) -> Report {
     let shards = args.shards.map(u64::from).unwrap_or(host.cores as u64);
     let loopback = args.listen.ip().is_loopback();
     let sources = args.sources.unwrap_or(if loopback { 1 } else { 0 });
-    let conntrack = if host.conntrack_max.is_some() { net::conntrack_applies() } else { Some(false) };
+    let conntrack = if host.conntrack_max.is_some() {
+        net::conntrack_applies()
+    } else {
+        Some(false)
+    };
     let plan = Plan {
         engine: args.engine,
         shards,
@@ -163,6 +169,7 @@ fn diagnose(args: &DoctorArgs) -> Report {
         targets: args.targets,
         backlog: args.backlog as u64,
         kernel: kver,
+        port: args.listen.port(),
     };
 
     // The probe sizes its table as the server would: raise the soft limit to the hard one first.
@@ -171,7 +178,11 @@ fn diagnose(args: &DoctorArgs) -> Report {
     let want = checks::div_ceil(args.connections, shards).min(slots).max(1);
     let uring = uring::probe(want, host.serve_nofile());
 
-    let mut list: Vec<Check> = vec![checks::nofile(&ctx), checks::nr_open(&ctx), checks::file_max(&ctx)];
+    let mut list: Vec<Check> = vec![
+        checks::nofile(&ctx),
+        checks::nr_open(&ctx),
+        checks::file_max(&ctx),
+    ];
     list.extend(checks::uring(&ctx, &uring));
     list.push(checks::memlock(&ctx));
     list.extend(checks::backlog(&ctx));
@@ -184,13 +195,17 @@ fn diagnose(args: &DoctorArgs) -> Report {
     list.push(checks::time_wait(&ctx));
 
     let mut limits = capacity::limits(&host, &plan);
-    let uring_broken = list
-        .iter()
-        .find(|c| c.id.starts_with("io_uring.") && c.id != "io_uring.fixed_files" && c.status == Status::Fail);
+    let uring_broken = list.iter().find(|c| {
+        c.id.starts_with("io_uring.") && c.id != "io_uring.fixed_files" && c.status == Status::Fail
+    });
     if let (Engine::Uring, Some(c)) = (args.engine, uring_broken) {
         limits.insert(
             0,
-            Limit { id: c.id, connections: 0, text: format!("io_uring unusable ({}): serve will not start", c.current) },
+            Limit {
+                id: c.id,
+                connections: 0,
+                text: format!("io_uring unusable ({}): serve will not start", c.current),
+            },
         );
     }
     let binding = capacity::binding(&limits).cloned().unwrap_or(Limit {
@@ -205,13 +220,18 @@ fn diagnose(args: &DoctorArgs) -> Report {
             binding_limit: Limit {
                 id: "net.ephemeral_ports",
                 connections: n,
-                text: format!("ephemeral ports: {} source × {} target × the port range", sources, args.targets),
+                text: format!(
+                    "ephemeral ports: {} source × {} target × the port range",
+                    sources, args.targets
+                ),
             },
         }
     });
     let direct_descriptor_hint = direct_hint(&host, &plan, args.connections, &binding);
     let fits = binding.connections >= args.connections
-        && load_generator.as_ref().is_none_or(|l| l.connections >= args.connections)
+        && load_generator
+            .as_ref()
+            .is_none_or(|l| l.connections >= args.connections)
         && list.iter().all(|c| c.status != Status::Fail);
     Report {
         schema: SCHEMA,
@@ -272,9 +292,19 @@ fn render(r: &Report) -> String {
         r.connections,
         c.engine,
         c.shards,
-        if c.direct_descriptors { format!(", direct descriptors ({} slots per table)", c.fixed_file_slots) } else { ", plain fds".into() },
+        if c.direct_descriptors {
+            format!(
+                ", direct descriptors ({} slots per table)",
+                c.fixed_file_slots
+            )
+        } else {
+            ", plain fds".into()
+        },
         if c.sources > 0 {
-            format!("load generator here ({} source × {} target, 2 sockets per connection)", c.sources, c.targets)
+            format!(
+                "load generator here ({} source × {} target, 2 sockets per connection)",
+                c.sources, c.targets
+            )
         } else {
             "clients elsewhere".into()
         },
@@ -288,18 +318,29 @@ fn render(r: &Report) -> String {
         let _ = writeln!(s, "      current: {}", k.current);
         let _ = writeln!(s, "      needed:  {}", k.needed);
         for (i, f) in k.fix.iter().enumerate() {
-            let _ = writeln!(s, "      {} {f}", if i == 0 { "fix:    " } else { "        " });
+            let _ = writeln!(
+                s,
+                "      {} {f}",
+                if i == 0 { "fix:    " } else { "        " }
+            );
         }
         if !k.note.is_empty() {
             let _ = writeln!(s, "      note:    {}", k.note);
         }
     }
     let _ = writeln!(s);
-    let mut sorted: Vec<(u64, String, &str)> =
-        r.limits.iter().map(|l| (l.connections, l.text.clone(), l.id)).collect();
+    let mut sorted: Vec<(u64, String, &str)> = r
+        .limits
+        .iter()
+        .map(|l| (l.connections, l.text.clone(), l.id))
+        .collect();
     if let Some(l) = &r.load_generator {
         let b = &l.binding_limit;
-        sorted.push((l.connections, format!("load generator on this host: {}", b.text), b.id));
+        sorted.push((
+            l.connections,
+            format!("load generator on this host: {}", b.text),
+            b.id,
+        ));
     }
     sorted.sort_by_key(|l| l.0);
     let _ = writeln!(s, "limits, smallest first:");

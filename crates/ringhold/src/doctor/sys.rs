@@ -115,7 +115,9 @@ impl Host {
             seccomp_filters: status("Seccomp_filters").and_then(|v| v.parse().ok()),
             cap_eff: status("CapEff").and_then(|v| u64::from_str_radix(&v, 16).ok()),
             page_size: if page > 0 { page as u64 } else { 4096 },
-            cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            cores: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
         }
     }
 
@@ -131,10 +133,14 @@ impl Host {
 }
 
 fn memlock() -> Option<u64> {
-    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit writes into the struct we pass and reads nothing else.
     if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } != 0 {
         return None;
     }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 everywhere
     Some(r.rlim_cur as u64)
 }

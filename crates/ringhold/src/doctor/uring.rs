@@ -58,12 +58,15 @@ const WAIT: Duration = Duration::from_secs(5);
 fn new_ring() -> (Result<IoUring, io::Error>, &'static str) {
     // As the engine: SINGLE_ISSUER | DEFER_TASKRUN (6.1+), falling back to a plain ring.
     let mut b = IoUring::builder();
-    b.setup_single_issuer().setup_defer_taskrun().setup_cqsize(ENTRIES * 8);
+    b.setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_cqsize(ENTRIES * 8);
     match b.build(ENTRIES) {
         Ok(r) => (Ok(r), "SINGLE_ISSUER|DEFER_TASKRUN"),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            (IoUring::builder().setup_cqsize(ENTRIES * 8).build(ENTRIES), "none (SINGLE_ISSUER|DEFER_TASKRUN: EINVAL)")
-        }
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (
+            IoUring::builder().setup_cqsize(ENTRIES * 8).build(ENTRIES),
+            "none (SINGLE_ISSUER|DEFER_TASKRUN: EINVAL)",
+        ),
         Err(e) => (Err(e), ""),
     }
 }
@@ -94,8 +97,10 @@ pub fn probe(table_slots: u64, cap: u64) -> UringReport {
 
     let mut probe = Probe::new();
     let probed = ring.submitter().register_probe(&mut probe);
-    rep.opcodes =
-        OPCODES.iter().map(|&(n, code, req)| (n, probed.is_ok() && probe.is_supported(code), req)).collect();
+    rep.opcodes = OPCODES
+        .iter()
+        .map(|&(n, code, req)| (n, probed.is_ok() && probe.is_supported(code), req))
+        .collect();
 
     // The table the server would register, then one slot over the cap on a scratch ring.
     let slots = table_slots.clamp(1, u32::MAX as u64) as u32;
@@ -107,7 +112,9 @@ pub fn probe(table_slots: u64, cap: u64) -> UringReport {
         }
     }
     // The live test needs a table; if the big one failed, use a small one.
-    if !matches!(rep.table, Some((_, Ok(())))) && ring.submitter().register_files_sparse(16).is_err() {
+    if !matches!(rep.table, Some((_, Ok(()))))
+        && ring.submitter().register_files_sparse(16).is_err()
+    {
         return rep;
     }
 
@@ -121,7 +128,10 @@ pub fn probe(table_slots: u64, cap: u64) -> UringReport {
     // SAFETY: `bufs` owns the ring memory and the buffers; it is declared before `ring` is
     // unregistered below and outlives every use the kernel makes of it (we unregister it
     // before `bufs` drops, at the end of this function).
-    let reg = unsafe { ring.submitter().register_buf_ring_with_flags(bufs.ring_addr(), NBUFS, BGID, 0) };
+    let reg = unsafe {
+        ring.submitter()
+            .register_buf_ring_with_flags(bufs.ring_addr(), NBUFS, BGID, 0)
+    };
     let registered = reg.is_ok();
     rep.buf_ring = Some(reg);
     if registered {
@@ -148,7 +158,12 @@ impl ProvidedBuffers {
         let ring_layout = Layout::from_size_align(4096, 4096).ok()?;
         let data_layout = Layout::from_size_align(BUF_LEN * NBUFS as usize, 64).ok()?;
         // SAFETY: both layouts have non-zero size.
-        let (ring, data) = unsafe { (alloc::alloc_zeroed(ring_layout), alloc::alloc_zeroed(data_layout)) };
+        let (ring, data) = unsafe {
+            (
+                alloc::alloc_zeroed(ring_layout),
+                alloc::alloc_zeroed(data_layout),
+            )
+        };
         if ring.is_null() || data.is_null() {
             // SAFETY: each pointer is freed only when it was allocated with its layout.
             unsafe {
@@ -178,7 +193,12 @@ impl ProvidedBuffers {
             let tail = BufRingEntry::tail(ring).cast::<AtomicU16>();
             (*tail).store(NBUFS, Ordering::Release);
         }
-        Some(ProvidedBuffers { ring, ring_layout, data, data_layout })
+        Some(ProvidedBuffers {
+            ring,
+            ring_layout,
+            data,
+            data_layout,
+        })
     }
 
     fn ring_addr(&self) -> u64 {
@@ -218,7 +238,12 @@ fn push(ring: &mut IoUring, e: squeue::Entry) -> Result<(), String> {
 }
 
 /// Waits (bounded) for the next completion with `ud`; completions for others are kept.
-fn wait(ring: &mut IoUring, held: &mut Vec<cqueue::Entry>, ud: u64, step: &str) -> Result<cqueue::Entry, String> {
+fn wait(
+    ring: &mut IoUring,
+    held: &mut Vec<cqueue::Entry>,
+    ud: u64,
+    step: &str,
+) -> Result<cqueue::Entry, String> {
     let deadline = Instant::now() + WAIT;
     loop {
         held.extend(ring.completion());
@@ -232,7 +257,11 @@ fn wait(ring: &mut IoUring, held: &mut Vec<cqueue::Entry>, ud: u64, step: &str) 
         let args = SubmitArgs::new().timespec(&ts);
         match ring.submitter().submit_with_args(1, &args) {
             Ok(_) => {}
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+                ) => {}
             Err(e) => return Err(format!("{step}: io_uring_enter: {e}")),
         }
     }
@@ -247,37 +276,61 @@ fn live_echo(
     bufs: &ProvidedBuffers,
     sockopt: &mut Option<Result<(), io::Error>>,
 ) -> Result<(), String> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind 127.0.0.1:0: {e}"))?;
+    let listener =
+        TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind 127.0.0.1:0: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let mut held = Vec::new();
 
-    let accept = opcode::AcceptMulti::new(Fd(listener.as_raw_fd())).allocate_file_index(true).build();
+    let accept = opcode::AcceptMulti::new(Fd(listener.as_raw_fd()))
+        .allocate_file_index(true)
+        .build();
     push(ring, accept.user_data(UD_ACCEPT))?;
     ring.submit().map_err(|e| format!("submit accept: {e}"))?;
     let mut client = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
-    client.set_read_timeout(Some(WAIT)).map_err(|e| e.to_string())?;
+    client
+        .set_read_timeout(Some(WAIT))
+        .map_err(|e| e.to_string())?;
     let c = wait(ring, &mut held, UD_ACCEPT, "multishot accept")?;
     if c.result() < 0 {
-        return Err(format!("multishot accept into a direct descriptor: {}", errno(c.result())));
+        return Err(format!(
+            "multishot accept into a direct descriptor: {}",
+            errno(c.result())
+        ));
     }
     if !cqueue::more(c.flags()) {
         return Err("accept is not multishot (no IORING_CQE_F_MORE; needs Linux 5.19)".into());
     }
     let slot = c.result() as u32;
 
-    push(ring, opcode::RecvMulti::new(Fixed(slot), BGID).build().user_data(UD_RECV))?;
-    client.write_all(b"ringhold-probe").map_err(|e| format!("client write: {e}"))?;
+    push(
+        ring,
+        opcode::RecvMulti::new(Fixed(slot), BGID)
+            .build()
+            .user_data(UD_RECV),
+    )?;
+    client
+        .write_all(b"ringhold-probe")
+        .map_err(|e| format!("client write: {e}"))?;
     let c = wait(ring, &mut held, UD_RECV, "multishot recv")?;
     if c.result() < 0 {
-        return Err(format!("multishot recv with buffer select: {}", errno(c.result())));
+        return Err(format!(
+            "multishot recv with buffer select: {}",
+            errno(c.result())
+        ));
     }
-    let bid = cqueue::buffer_select(c.flags()).ok_or("recv completion without a selected buffer")?;
+    let bid =
+        cqueue::buffer_select(c.flags()).ok_or("recv completion without a selected buffer")?;
     if !cqueue::more(c.flags()) {
         return Err("recv is not multishot (no IORING_CQE_F_MORE; needs Linux 6.0)".into());
     }
     let data = bufs.read(bid, c.result() as usize);
 
-    push(ring, opcode::Send::new(Fixed(slot), data.as_ptr(), data.len() as u32).build().user_data(UD_SEND))?;
+    push(
+        ring,
+        opcode::Send::new(Fixed(slot), data.as_ptr(), data.len() as u32)
+            .build()
+            .user_data(UD_SEND),
+    )?;
     let c = match wait(ring, &mut held, UD_SEND, "send") {
         Ok(c) => c,
         Err(e) => {
@@ -287,10 +340,15 @@ fn live_echo(
         }
     };
     if c.result() != data.len() as i32 {
-        return Err(format!("send on a direct descriptor returned {}", c.result()));
+        return Err(format!(
+            "send on a direct descriptor returned {}",
+            c.result()
+        ));
     }
     let mut back = vec![0u8; data.len()];
-    client.read_exact(&mut back).map_err(|e| format!("client read of the echo: {e}"))?;
+    client
+        .read_exact(&mut back)
+        .map_err(|e| format!("client read of the echo: {e}"))?;
     if back != b"ringhold-probe" {
         return Err("the echo came back different".into());
     }
@@ -311,23 +369,44 @@ fn live_echo(
             return Err(e);
         }
     };
-    *sockopt = Some(if c.result() < 0 { Err(errno(c.result())) } else { Ok(()) });
+    *sockopt = Some(if c.result() < 0 {
+        Err(errno(c.result()))
+    } else {
+        Ok(())
+    });
 
     // The peer closes: the multishot recv ends with 0 and no F_MORE.
     drop(client);
     let c = wait(ring, &mut held, UD_RECV, "recv end of stream")?;
     if c.result() != 0 {
-        return Err(format!("recv after the peer closed returned {}", c.result()));
+        return Err(format!(
+            "recv after the peer closed returned {}",
+            c.result()
+        ));
     }
-    push(ring, opcode::Close::new(Fixed(slot)).build().user_data(UD_CLOSE))?;
+    push(
+        ring,
+        opcode::Close::new(Fixed(slot)).build().user_data(UD_CLOSE),
+    )?;
     let c = wait(ring, &mut held, UD_CLOSE, "close of a direct descriptor")?;
     if c.result() < 0 {
-        return Err(format!("close of a direct descriptor: {}", errno(c.result())));
+        return Err(format!(
+            "close of a direct descriptor: {}",
+            errno(c.result())
+        ));
     }
-    push(ring, opcode::AsyncCancel::new(UD_ACCEPT).build().user_data(UD_CANCEL))?;
+    push(
+        ring,
+        opcode::AsyncCancel::new(UD_ACCEPT)
+            .build()
+            .user_data(UD_CANCEL),
+    )?;
     let c = wait(ring, &mut held, UD_CANCEL, "async cancel")?;
     if c.result() < 0 {
-        return Err(format!("async cancel of the multishot accept: {}", errno(c.result())));
+        return Err(format!(
+            "async cancel of the multishot accept: {}",
+            errno(c.result())
+        ));
     }
     let c = wait(ring, &mut held, UD_ACCEPT, "cancelled accept")?;
     if c.result() != -libc::ECANCELED {
