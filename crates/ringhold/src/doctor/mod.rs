@@ -2,7 +2,7 @@
 //! says for each what it is, what N needs and the exact fix, then how many connections the host
 //! holds as configured and which limit binds first. Exit code 0 when N fits, 1 when not.
 //!
-//! `--json` prints one object (schema `ringhold-doctor/1`, documented in `docs/doctor.md` of the
+//! `--json` prints one object (schema `ringhold-doctor/1`, documented in the
 //! README's Doctor section):
 //! `{schema, connections, fits, capacity, binding_limit{id,connections,text}, limits[],
 //!   load_generator{connections,binding_limit}|null, config{…}, checks[{id,title,status,current,
