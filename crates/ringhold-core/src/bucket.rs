@@ -22,6 +22,7 @@ impl BucketSpec {
     /// `--rate-limit <bytes/s>,<burst>`, e.g. `1MiB,256KiB` (the `/s` suffix is optional).
     pub fn parse_bytes(s: &str) -> Result<BucketSpec, String> {
         let (r, b) = parse_pair(s, "<bytes/s>,<burst> (e.g. 1MiB/s,256KiB)")?;
+        not_negative(s, &[r, b])?;
         let r = r.strip_suffix("/s").unwrap_or(r);
         let rate = parse_size(r)? as f64;
         let burst = parse_size(b)? as f64;
@@ -31,6 +32,7 @@ impl BucketSpec {
     /// `--message-rate <count>,<period>`, e.g. `10,1m`: `count` reads per `period`, burst `count`.
     pub fn parse_count_period(s: &str) -> Result<BucketSpec, String> {
         let (c, p) = parse_pair(s, "<count>,<period> (e.g. 10,1m)")?;
+        not_negative(s, &[c, p])?;
         let count: u64 = c
             .parse()
             .map_err(|_| format!("'{c}' is not a whole count"))?;
@@ -43,6 +45,7 @@ impl BucketSpec {
 
     /// `--max-conn-rate N`: N per second, burst N.
     pub fn parse_per_second(s: &str) -> Result<BucketSpec, String> {
+        not_negative(s, &[s])?;
         let n: u64 = s
             .trim()
             .parse()
@@ -61,6 +64,16 @@ impl BucketSpec {
     pub fn pause_for(&self, debt: f64) -> Duration {
         Duration::from_secs_f64((debt / self.rate).max(0.0))
     }
+}
+
+/// A limit is a positive number: say so for `-3` rather than "not a number".
+fn not_negative(s: &str, parts: &[&str]) -> Result<(), String> {
+    if parts.iter().any(|p| p.trim_start().starts_with('-')) {
+        return Err(format!(
+            "'{s}': negative values are not allowed (every part must be greater than 0)"
+        ));
+    }
+    Ok(())
 }
 
 /// The per-connection (or per-listener) part: 8 bytes.
@@ -125,6 +138,20 @@ mod tests {
         assert!(BucketSpec::parse_bytes("0,5").is_err());
         assert!(BucketSpec::parse_per_second("0").is_err());
         assert!(BucketSpec::parse_per_second("x").is_err());
+        for bad in ["-3", " -3"] {
+            let e = BucketSpec::parse_per_second(bad).unwrap_err();
+            assert!(e.contains("negative"), "{e}");
+        }
+        assert!(BucketSpec::parse_bytes("5,-1")
+            .unwrap_err()
+            .contains("negative"));
+        assert!(BucketSpec::parse_count_period("-10,1s")
+            .unwrap_err()
+            .contains("negative"));
+        assert!(BucketSpec::parse_count_period("10,-1s")
+            .unwrap_err()
+            .contains("negative"));
+        assert!(BucketSpec::parse_bytes("1MiB/s,256KiB,7").is_err());
     }
 
     #[test]

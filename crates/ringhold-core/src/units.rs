@@ -62,9 +62,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Parses `<a>,<b>` and applies one parser to each side.
 pub fn parse_pair<'a>(s: &'a str, what: &str) -> Result<(&'a str, &'a str), String> {
-    let mut it = s.splitn(2, ',');
-    match (it.next(), it.next()) {
-        (Some(a), Some(b)) if !a.trim().is_empty() && !b.trim().is_empty() => {
+    match s.split_once(',') {
+        Some((a, b)) if !a.trim().is_empty() && !b.trim().is_empty() && !b.contains(',') => {
             Ok((a.trim(), b.trim()))
         }
         _ => Err(format!("'{s}' is not {what}")),
@@ -118,6 +117,7 @@ mod tests {
     fn pairs_and_format() {
         assert_eq!(parse_pair("1MiB,256KiB", "x").unwrap(), ("1MiB", "256KiB"));
         assert!(parse_pair("1MiB", "x").is_err());
+        assert!(parse_pair("1MiB,2KiB,3", "x").is_err());
         assert!(parse_pair(",3", "x").is_err());
         assert_eq!(fmt_bytes(512), "512 B");
         assert_eq!(fmt_bytes(2048), "2.0 KiB");

@@ -209,7 +209,8 @@ impl Shard {
             sub,
             submits: 0,
         };
-        st.arm_accept(&mut io)?;
+        // Through the bucket, so that `--max-conn-rate N` admits N at once, not N + 1.
+        st.rearm_accept_rate_limited(&mut io)?;
         let mut batch: Vec<cqueue::Entry> = Vec::with_capacity(ring::CQ_ENTRIES as usize);
         let mut overflow_seen = 0;
         loop {
@@ -755,6 +756,14 @@ impl State {
 
     fn tick(&mut self, io: &mut Io<'_>) -> io::Result<()> {
         let now = Instant::now();
+        // Flush before the timers below run: the loop mostly wakes because a throttled connection's
+        // pause is over, so a flush after resuming it would almost always report it as not throttled
+        // (its next read, which pauses it again, completes only in the next round).
+        if now - self.last_flush >= FLUSH_EVERY {
+            self.last_flush = now;
+            self.publish_counters();
+            (self.flush)(&self.counters);
+        }
         // Idle timeout.
         if let Some(w) = self.wheel.as_mut() {
             let to = w.tick_of(now - self.start);
@@ -829,11 +838,6 @@ impl State {
                     }
                 }
             }
-        }
-        if now - self.last_flush >= FLUSH_EVERY {
-            self.last_flush = now;
-            self.publish_counters();
-            (self.flush)(&self.counters);
         }
         Ok(())
     }

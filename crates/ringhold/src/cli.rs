@@ -156,23 +156,28 @@ pub struct ServeArgs {
     #[arg(long, env = "RINGHOLD_FIXED_FILES", default_value_t = 0)]
     pub fixed_files: u32,
 
+    // The four limit flags take `allow_hyphen_values` so that a negative value (`--max-conn-rate -3`)
+    // reaches its parser and the error names the flag, instead of clap's "unexpected argument '-3'".
     /// Accepts per second per listener (token bucket, burst = N). When empty, accepting pauses and the
     /// backlog holds the rest (EMQX's max_conn_rate).
-    #[arg(long, env = "RINGHOLD_MAX_CONN_RATE", value_parser = BucketSpec::parse_per_second)]
+    #[arg(long, env = "RINGHOLD_MAX_CONN_RATE", value_parser = BucketSpec::parse_per_second,
+          allow_hyphen_values = true)]
     pub max_conn_rate: Option<BucketSpec>,
 
     /// Inbound bytes per connection: `<bytes/s>,<burst>` (e.g. 1MiB/s,256KiB). When the bucket is empty,
     /// reading that connection pauses until it refills; nothing is dropped. Recommended burst: largest
     /// message × check-every / 2 (EMQX's bytes_rate).
-    #[arg(long, env = "RINGHOLD_RATE_LIMIT", value_parser = BucketSpec::parse_bytes)]
+    #[arg(long, env = "RINGHOLD_RATE_LIMIT", value_parser = BucketSpec::parse_bytes,
+          allow_hyphen_values = true)]
     pub rate_limit: Option<BucketSpec>,
 
     /// Reads per connection: `<count>,<period>` (e.g. 10,1m), same pause rule (EMQX's messages_rate).
-    #[arg(long, env = "RINGHOLD_MESSAGE_RATE", value_parser = BucketSpec::parse_count_period)]
+    #[arg(long, env = "RINGHOLD_MESSAGE_RATE", value_parser = BucketSpec::parse_count_period,
+          allow_hyphen_values = true)]
     pub message_rate: Option<BucketSpec>,
 
     /// Check the rate-limit buckets every N reads (EMQX's active_n).
     #[arg(long, env = "RINGHOLD_CHECK_EVERY", default_value_t = 1,
-          value_parser = clap::value_parser!(u16).range(1..))]
+          value_parser = clap::value_parser!(u16).range(1..), allow_hyphen_values = true)]
     pub check_every: u16,
 }
