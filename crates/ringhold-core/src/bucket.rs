@@ -109,7 +109,19 @@ impl Bucket {
         (t < 0.0).then(|| spec.pause_for(-t))
     }
 
-    /// Takes one token only if one is there (accept admission): `Err(wait)` otherwise.
+    /// Whether a whole token is there, without taking it: `Err(wait)` until one is. Accept admission
+    /// checks with this before accepting and pays with `take(.., 1.0)` once a connection came, so that
+    /// no token is held while nobody connects (a held token would make the burst N + 1).
+    pub fn has_one(&mut self, spec: &BucketSpec, now_ms: u32) -> Result<(), Duration> {
+        self.refill(spec, now_ms);
+        if self.tokens >= 1.0 {
+            Ok(())
+        } else {
+            Err(spec.pause_for(1.0 - self.tokens as f64))
+        }
+    }
+
+    /// Takes one token only if one is there: `Err(wait)` otherwise.
     pub fn try_take_one(&mut self, spec: &BucketSpec, now_ms: u32) -> Result<(), Duration> {
         self.refill(spec, now_ms);
         if self.tokens >= 1.0 {
@@ -184,6 +196,24 @@ mod tests {
         let w = b.try_take_one(&spec, 0).unwrap_err();
         assert_eq!(w.as_millis(), 100);
         assert!(b.try_take_one(&spec, 100).is_ok());
+    }
+
+    #[test]
+    fn check_then_pay() {
+        let spec = BucketSpec {
+            rate: 10.0,
+            burst: 2.0,
+        };
+        let mut b = Bucket::full(&spec, 0);
+        // Checking takes nothing, however often.
+        for _ in 0..5 {
+            assert!(b.has_one(&spec, 0).is_ok());
+        }
+        assert_eq!(b.take(&spec, 0, 1.0), None);
+        assert_eq!(b.take(&spec, 0, 1.0), None);
+        assert_eq!(b.has_one(&spec, 0).unwrap_err().as_millis(), 100);
+        assert_eq!(b.has_one(&spec, 50).unwrap_err().as_millis(), 50);
+        assert!(b.has_one(&spec, 100).is_ok());
     }
 
     #[test]

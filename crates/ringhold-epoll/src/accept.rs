@@ -44,9 +44,8 @@ pub struct Acceptor {
     listener: OwnedFd,
     /// `/dev/null`, closed to make room for one accept when the process is out of descriptors.
     spare: Option<OwnedFd>,
+    /// `--max-conn-rate`: checked before each accept, paid once a connection was accepted.
     rate: Option<(BucketSpec, Bucket)>,
-    /// A `--max-conn-rate` token taken for an accept that found the backlog empty, kept for the next.
-    token_held: bool,
     /// The backlog may hold connections (edge-triggered: set by an edge, cleared by EAGAIN).
     pub ready: bool,
     /// Accepting is paused until this shard-clock millisecond.
@@ -65,7 +64,6 @@ impl Acceptor {
             listener,
             spare: Some(sys::open_spare()?),
             rate: rate.map(|spec| (spec, Bucket::full(&spec, now_ms as u32))),
-            token_held: false,
             ready: true,
             resume_at: None,
         })
@@ -94,26 +92,28 @@ impl Acceptor {
     ) -> io::Result<Step> {
         self.resume_at = None;
         if let Some((spec, bucket)) = &mut self.rate {
-            if !self.token_held {
-                match bucket.try_take_one(spec, now_ms as u32) {
-                    Ok(()) => self.token_held = true,
-                    Err(wait) => {
-                        // Leave the rest in the backlog until the bucket has a token again.
-                        counters.accepts_deferred += 1;
-                        self.resume_at = Some(now_ms + ceil_ms(wait));
-                        return Ok(Step::Stop);
-                    }
-                }
+            if let Err(wait) = bucket.has_one(spec, now_ms as u32) {
+                // Leave the rest in the backlog until the bucket has a token again.
+                counters.accepts_deferred += 1;
+                self.resume_at = Some(now_ms + ceil_ms(wait));
+                return Ok(Step::Stop);
             }
         }
         // Held until the end of any spare-fd trick below.
         let _guard = accept_lock();
         match sys::accept(self.fd()) {
             Ok(fd) => {
-                self.token_held = false;
+                self.pay_accept(now_ms);
                 Ok(Step::Socket(fd))
             }
             Err(e) => self.on_error(e, now_ms, counters, shared),
+        }
+    }
+
+    /// A connection left the backlog: it takes its `--max-conn-rate` token.
+    fn pay_accept(&mut self, now_ms: u64) {
+        if let Some((spec, bucket)) = &mut self.rate {
+            bucket.take(spec, now_ms as u32, 1.0);
         }
     }
 
@@ -179,7 +179,7 @@ impl Acceptor {
                 match sys::accept(self.fd()) {
                     Ok(refused) => {
                         drop(refused);
-                        self.token_held = false;
+                        self.pay_accept(now_ms);
                         counters.reject(RejectReason::FdLimit);
                         Step::Next
                     }

@@ -411,6 +411,8 @@ impl ShardLoop {
             wheel.advance(
                 to,
                 |idx, gen| match slots.get(idx, gen) {
+                    // Paused by a rate limit: we are the ones not reading, so not idle.
+                    Some(c) if c.has(flag::THROTTLED) => Check::LastActive(to),
                     Some(c) => Check::LastActive(c.last_active),
                     None => Check::Gone,
                 },
@@ -427,11 +429,13 @@ impl ShardLoop {
         self.expired = expired;
     }
 
+    /// Resumes the connections whose pause is over (their idle clock restarts: the pause was ours).
     fn resume_throttled(&mut self) {
         while let Some((fd, gen)) = self.io.throttles.pop_due(self.io.now_ms) {
             if let Some(c) = self.slots.get_mut(fd, gen) {
                 if c.has(flag::THROTTLED) {
                     c.clear(flag::THROTTLED);
+                    c.last_active = self.io.now_tick;
                     self.io.counters.throttled -= 1;
                     self.io.again.push((fd, gen));
                 }

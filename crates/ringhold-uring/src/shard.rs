@@ -209,8 +209,7 @@ impl Shard {
             sub,
             submits: 0,
         };
-        // Through the bucket, so that `--max-conn-rate N` admits N at once, not N + 1.
-        st.rearm_accept_rate_limited(&mut io)?;
+        st.arm_accept(&mut io)?;
         let mut batch: Vec<cqueue::Entry> = Vec::with_capacity(ring::CQ_ENTRIES as usize);
         let mut overflow_seen = 0;
         loop {
@@ -367,6 +366,9 @@ impl State {
             return Ok(());
         }
         let idx = res as u32;
+        if let (Some(spec), Some(bucket)) = (self.cfg.max_conn_rate, self.accept_bucket.as_mut()) {
+            bucket.take(&spec, self.start.elapsed().as_millis() as u32, 1.0);
+        }
         self.admit(io, idx)?;
         if !self.accept_armed && self.drain_deadline.is_none() {
             self.rearm_accept_rate_limited(io)?;
@@ -374,11 +376,12 @@ impl State {
         Ok(())
     }
 
-    /// Re-arms the accept now, or later when `--max-conn-rate`'s bucket is empty.
+    /// Re-arms the accept now, or later when `--max-conn-rate`'s bucket is empty. The token is checked
+    /// here and paid when a connection arrives (`on_accept`), so none is held while nobody connects.
     fn rearm_accept_rate_limited(&mut self, io: &mut Io<'_>) -> io::Result<()> {
         if let (Some(spec), Some(bucket)) = (self.cfg.max_conn_rate, self.accept_bucket.as_mut()) {
             let now_ms = self.start.elapsed().as_millis() as u32;
-            if let Err(wait) = bucket.try_take_one(&spec, now_ms) {
+            if let Err(wait) = bucket.has_one(&spec, now_ms) {
                 self.counters.accepts_deferred += 1;
                 self.accept_resume_at = Some(Instant::now() + wait);
                 return Ok(());
@@ -772,6 +775,10 @@ impl State {
                 w.advance(
                     to,
                     |i, g| match slots.get(i, g) {
+                        // Paused by a rate limit: we are the ones not reading, so not idle.
+                        Some(c) if c.has(flag::THROTTLED) && !c.has(flag::CLOSING) => {
+                            Check::LastActive(to)
+                        }
                         Some(c) if !c.has(flag::CLOSING) => Check::LastActive(c.last_active),
                         _ => Check::Gone,
                     },
@@ -787,8 +794,9 @@ impl State {
                 self.expired.clear();
             }
         }
-        // Throttled connections whose pause is over.
+        // Throttled connections whose pause is over (the idle clock restarts: the pause was ours).
         let now_ms = (now - self.start).as_millis() as u64;
+        let tick = self.wheel_now();
         while let Some(&Reverse((at, i, g))) = self.throttled.peek() {
             if at > now_ms {
                 break;
@@ -797,6 +805,7 @@ impl State {
             if let Some(c) = self.slots.get_mut(i, g) {
                 if c.has(flag::THROTTLED) {
                     c.clear(flag::THROTTLED);
+                    c.last_active = tick;
                     self.counters.throttled -= 1;
                     self.arm_recv(io, i)?;
                 }
