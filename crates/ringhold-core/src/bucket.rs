@@ -70,7 +70,7 @@ impl BucketSpec {
 fn not_negative(s: &str, parts: &[&str]) -> Result<(), String> {
     if parts.iter().any(|p| p.trim_start().starts_with('-')) {
         return Err(format!(
-            "'{s}': negative values are not allowed (every part must be greater than 0)"
+            "'{s}': a limit must be greater than 0, not negative"
         ));
     }
     Ok(())
