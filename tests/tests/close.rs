@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use ringhold_tests::net::{
     connect_with_rcvbuf, echo_stream, read_end, read_pattern, roundtrip, set_linger_zero,
-    tcp_queues, write_pattern, End,
+    tcp_queues, tcp_state, write_pattern, End,
 };
 use ringhold_tests::{both_engines, secs, serial, wait_until, Engine, Pattern, Server};
 
@@ -151,6 +151,55 @@ fn idle_timeout_closes_only_idle(engine: Engine) {
         i += 1;
         thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A client that fills every buffer on the way (it writes until its socket blocks and never reads) and
+/// then goes quiet is still closed by `--idle-timeout`: a close must not wait for a send that the peer
+/// will never let complete. The server's side of the socket goes away and its slot is given back.
+fn idle_timeout_closes_a_stuck_reader(engine: Engine) {
+    let server = Server::start(engine, &["--idle-timeout", "1s"]);
+    let stuck = connect_with_rcvbuf(server.addr, 4096);
+    stuck.set_nonblocking(true).expect("nonblocking");
+    let junk = Pattern::bytes(3, 64 * 1024);
+    let local = stuck.local_addr().expect("local");
+    // Write until the server stops reading (its receive queue holds our bytes) and our socket blocks.
+    let filled = wait_until(secs(20), || {
+        loop {
+            match (&stuck).write(&junk) {
+                Ok(_) => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => panic!("write: {e}"),
+            }
+        }
+        tcp_queues(server.addr, local).is_some_and(|(_, rx)| rx > 0)
+    });
+    assert!(
+        filled,
+        "the stuck client's data never backed up in the server"
+    );
+    let mut state = None;
+    let closed = wait_until(secs(15), || {
+        state = tcp_state(server.addr, local);
+        state != Some(1)
+    });
+    assert!(
+        closed,
+        "the server's socket for a stuck reader is still ESTABLISHED {:?} after --idle-timeout 1s",
+        secs(15)
+    );
+    server.expect_metric(
+        "ringhold_connections_active",
+        &[],
+        "0 after the idle close",
+        |v| v == 0.0,
+    );
+    server.expect_metric(
+        "ringhold_closes_total",
+        &[("reason", "idle_timeout")],
+        ">= 1",
+        |v| v >= 1.0,
+    );
+    roundtrip(&mut server.connect(), b"next").expect("echo after the idle close");
 }
 
 /// `--max-connections 50`: the 51st connection is closed at once; the first 50 keep echoing, and once
@@ -314,6 +363,7 @@ both_engines!(
     half_close_gets_all_echoed_then_eof,
     rst_storm_leaks_nothing,
     idle_timeout_closes_only_idle,
+    idle_timeout_closes_a_stuck_reader,
     max_connections_refuses_the_excess,
     sigterm_drains_in_flight_echo,
     sigterm_with_a_stuck_client_exits_after_the_timeout,
