@@ -254,6 +254,11 @@ fn sigterm_drains_in_flight_echo(engine: Engine) {
     let mut conns: Vec<TcpStream> = (0..CLIENTS)
         .map(|_| connect_with_rcvbuf(server.addr, 4096))
         .collect();
+    // And idle connections with nothing in flight, which the drain closes at once.
+    let mut idle: Vec<TcpStream> = (0..50).map(|_| server.connect()).collect();
+    for (i, c) in idle.iter_mut().enumerate() {
+        roundtrip(c, b"idle").unwrap_or_else(|e| panic!("idle connection {i}: {e}"));
+    }
     for (i, c) in conns.iter_mut().enumerate() {
         write_pattern(c, i as u64, LEN, LEN).unwrap_or_else(|e| panic!("client {i} write: {e}"));
     }
@@ -296,6 +301,10 @@ fn sigterm_drains_in_flight_echo(engine: Engine) {
             })
         })
         .collect();
+    for (i, c) in idle.iter_mut().enumerate() {
+        let end = read_end(c);
+        assert_eq!(end, End::Eof, "idle connection {i} on SIGTERM");
+    }
     let errors: Vec<String> = readers
         .into_iter()
         .filter_map(|h| h.join().expect("reader").err())
@@ -310,6 +319,10 @@ fn sigterm_drains_in_flight_echo(engine: Engine) {
     let status = status
         .unwrap_or_else(|| panic!("still running {took:?} after SIGTERM (--shutdown-timeout 5s)"));
     assert!(status.success(), "exit status after SIGTERM: {status}");
+    assert!(
+        took <= Duration::from_secs(5),
+        "the drain took {took:?}, more than --shutdown-timeout 5s, though every client read at once"
+    );
     // Nothing listens any more.
     let refused = TcpStream::connect_timeout(&server.addr, Duration::from_secs(2)).map(|mut c| {
         c.set_read_timeout(Some(Duration::from_secs(2))).ok();
@@ -359,6 +372,47 @@ fn sigterm_with_a_stuck_client_exits_after_the_timeout(engine: Engine) {
     );
 }
 
+/// SIGINT drains like SIGTERM; a second signal during a drain exits at once (status 130) instead of
+/// waiting for `--shutdown-timeout`.
+fn sigint_drains_and_a_second_signal_exits_now(engine: Engine) {
+    let mut server = Server::start(engine, &["--shutdown-timeout", "2s"]);
+    let mut c = server.connect();
+    roundtrip(&mut c, b"hi").expect("echo");
+    server.signal(libc::SIGINT);
+    assert_eq!(read_end(&mut c), End::Eof, "idle connection on SIGINT");
+    let status = server.wait_exit(secs(10)).expect("exit after SIGINT");
+    assert!(status.success(), "exit status after SIGINT: {status}");
+
+    // A stuck client keeps the drain busy; the second SIGTERM ends it.
+    let mut server = Server::start(engine, &["--shutdown-timeout", "60s"]);
+    let stuck = connect_with_rcvbuf(server.addr, 4096);
+    stuck.set_nonblocking(true).expect("nonblocking");
+    let local = stuck.local_addr().expect("local");
+    let junk = Pattern::bytes(9, 64 * 1024);
+    let backed_up = wait_until(secs(20), || {
+        while (&stuck).write(&junk).is_ok() {}
+        tcp_queues(server.addr, local).is_some_and(|(_, rx)| rx > 0)
+    });
+    assert!(
+        backed_up,
+        "the stuck client's data never backed up in the server"
+    );
+    server.signal(libc::SIGTERM);
+    assert!(
+        server.wait_for_log("draining", secs(10)),
+        "no drain announced after SIGTERM"
+    );
+    server.signal(libc::SIGTERM);
+    let status = server
+        .wait_exit(secs(10))
+        .expect("still running after a second SIGTERM (--shutdown-timeout 60s)");
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "exit status after a second signal: {status}"
+    );
+}
+
 both_engines!(
     half_close_gets_all_echoed_then_eof,
     rst_storm_leaks_nothing,
@@ -367,4 +421,5 @@ both_engines!(
     max_connections_refuses_the_excess,
     sigterm_drains_in_flight_echo,
     sigterm_with_a_stuck_client_exits_after_the_timeout,
+    sigint_drains_and_a_second_signal_exits_now,
 );
