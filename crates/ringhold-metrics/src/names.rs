@@ -1,0 +1,135 @@
+//! Metric names and their HELP text, in one place (Prometheus conventions: base units, `_total` only on
+//! counters). `describe()` registers the HELP lines with the installed recorder.
+
+use metrics::{describe_counter, describe_gauge, Unit};
+
+pub const CONNECTIONS_ACTIVE: &str = "ringhold_connections_active";
+pub const ACCEPTS: &str = "ringhold_accepts_total";
+pub const CLOSES: &str = "ringhold_closes_total";
+pub const REJECTED: &str = "ringhold_rejected_total";
+pub const BYTES_RECEIVED: &str = "ringhold_bytes_received_total";
+pub const BYTES_SENT: &str = "ringhold_bytes_sent_total";
+/// A gauge, so it must not end in `_total` (`promtool check metrics` rejects that).
+pub const BUFFERS_CAPACITY: &str = "ringhold_buffers_capacity";
+pub const BUFFERS_IN_USE: &str = "ringhold_buffers_in_use";
+pub const BUFFER_EXHAUSTED: &str = "ringhold_buffer_exhausted_total";
+pub const URING_SUBMITS: &str = "ringhold_uring_submits_total";
+pub const URING_COMPLETIONS: &str = "ringhold_uring_completions_total";
+pub const THROTTLED: &str = "ringhold_throttled_connections";
+pub const RATE_LIMIT_PAUSES: &str = "ringhold_rate_limit_pauses_total";
+pub const ACCEPTS_DEFERRED: &str = "ringhold_accepts_deferred_total";
+pub const RESIDENT_MEMORY: &str = "ringhold_process_resident_memory_bytes";
+pub const RESIDENT_PER_CONNECTION: &str = "ringhold_resident_bytes_per_connection";
+pub const BUILD_INFO: &str = "ringhold_build_info";
+/// Requests for /metrics served by the exporter.
+pub const SCRAPES: &str = "ringhold_metrics_scrapes_total";
+
+/// Every metric name ringhold exports, for tests and docs.
+pub const ALL: [&str; 18] = [
+    CONNECTIONS_ACTIVE,
+    ACCEPTS,
+    CLOSES,
+    REJECTED,
+    BYTES_RECEIVED,
+    BYTES_SENT,
+    BUFFERS_CAPACITY,
+    BUFFERS_IN_USE,
+    BUFFER_EXHAUSTED,
+    URING_SUBMITS,
+    URING_COMPLETIONS,
+    THROTTLED,
+    RATE_LIMIT_PAUSES,
+    ACCEPTS_DEFERRED,
+    RESIDENT_MEMORY,
+    RESIDENT_PER_CONNECTION,
+    BUILD_INFO,
+    SCRAPES,
+];
+
+pub(crate) fn describe() {
+    describe_gauge!(
+        CONNECTIONS_ACTIVE,
+        Unit::Count,
+        "Open client connections on this shard."
+    );
+    describe_counter!(ACCEPTS, Unit::Count, "Connections accepted by this shard.");
+    describe_counter!(
+        CLOSES,
+        Unit::Count,
+        "Connections closed by this shard, by reason (peer_closed, reset, idle_timeout, error, shutdown, limit)."
+    );
+    describe_counter!(
+        REJECTED,
+        Unit::Count,
+        "Connections refused right after accept, by reason (max_connections, fd_limit, fixed_file_table_full, shutdown)."
+    );
+    describe_counter!(
+        BYTES_RECEIVED,
+        Unit::Bytes,
+        "Payload bytes received from clients."
+    );
+    describe_counter!(
+        BYTES_SENT,
+        Unit::Bytes,
+        "Payload bytes sent (echoed) to clients."
+    );
+    describe_gauge!(
+        BUFFERS_CAPACITY,
+        Unit::Count,
+        "Receive buffers owned by this shard, free or in use."
+    );
+    describe_gauge!(
+        BUFFERS_IN_USE,
+        Unit::Count,
+        "Receive buffers holding bytes not yet echoed (the rest are free or lent to the kernel)."
+    );
+    describe_counter!(
+        BUFFER_EXHAUSTED,
+        Unit::Count,
+        "Times a receive found no free buffer (ENOBUFS on io_uring, an empty pool on epoll)."
+    );
+    describe_counter!(
+        URING_SUBMITS,
+        Unit::Count,
+        "io_uring submission queue entries submitted (0 on epoll)."
+    );
+    describe_counter!(
+        URING_COMPLETIONS,
+        Unit::Count,
+        "io_uring completion queue entries reaped (0 on epoll)."
+    );
+    describe_gauge!(
+        THROTTLED,
+        Unit::Count,
+        "Connections currently paused by --rate-limit or --message-rate."
+    );
+    describe_counter!(
+        RATE_LIMIT_PAUSES,
+        Unit::Count,
+        "Times a connection was paused by a rate limit."
+    );
+    describe_counter!(
+        ACCEPTS_DEFERRED,
+        Unit::Count,
+        "Times accepting was deferred by --max-conn-rate."
+    );
+    describe_gauge!(
+        RESIDENT_MEMORY,
+        Unit::Bytes,
+        "Resident set size of the ringhold process (/proc/self/statm)."
+    );
+    describe_gauge!(
+        RESIDENT_PER_CONNECTION,
+        Unit::Bytes,
+        "Process resident set size divided by open connections (NaN with no connection)."
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; labels give the engine and the ringhold version."
+    );
+    describe_counter!(
+        SCRAPES,
+        Unit::Count,
+        "Requests for /metrics served by the exporter."
+    );
+}

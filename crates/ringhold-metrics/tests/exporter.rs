@@ -1,0 +1,207 @@
+//! The exporter end to end inside one process: install on an ephemeral port, flush synthetic shard
+//! counters, scrape over real TCP, check exact values and `promtool check metrics`.
+//! (One test function: the recorder is process-global.)
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+
+use ringhold_core::{CloseReason, RejectReason, ShardCounters};
+use ringhold_metrics::{install, names, render, ShardMetrics};
+
+fn scrape(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nAccept: */*\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(
+        head.contains("Content-Type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    body.to_string()
+}
+
+/// `name{labels}` → value, labels as written by the exporter (sorted by us for lookup).
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let series = match series.split_once('{') {
+            Some((name, labels)) => {
+                let mut l: Vec<&str> = labels.trim_end_matches('}').split(',').collect();
+                l.sort();
+                format!("{name}{{{}}}", l.join(","))
+            }
+            None => series.to_string(),
+        };
+        out.insert(series, value.parse::<f64>().unwrap());
+    }
+    out
+}
+
+#[test]
+fn exporter_end_to_end() {
+    assert_eq!(
+        install(None, "uring").unwrap(),
+        None,
+        "off installs nothing"
+    );
+    assert!(render().is_none());
+
+    let addr = install(Some("127.0.0.1:0".parse().unwrap()), "uring")
+        .unwrap()
+        .unwrap();
+    assert_ne!(addr.port(), 0, "the bound port is reported");
+    let mut s0 = ShardMetrics::new(0);
+    let mut s1 = ShardMetrics::new(1);
+
+    // Registered series exist at 0 before any flush.
+    let m = samples(&scrape(addr));
+    assert_eq!(
+        m[r#"ringhold_closes_total{reason="idle_timeout",shard="1"}"#],
+        0.0
+    );
+    assert_eq!(
+        m[r#"ringhold_build_info{engine="uring",version="0.1.0"}"#],
+        1.0
+    );
+    assert!(
+        m["ringhold_resident_bytes_per_connection"].is_nan(),
+        "no connection yet"
+    );
+
+    let mut c0 = ShardCounters {
+        active: 7,
+        accepts: 10,
+        bytes_received: 12345,
+        bytes_sent: 12000,
+        ..Default::default()
+    };
+    c0.closes[CloseReason::PeerClosed as usize] = 2;
+    c0.closes[CloseReason::Reset as usize] = 1;
+    c0.rejected[RejectReason::MaxConnections as usize] = 4;
+    c0.buffers_total = 4096;
+    c0.buffers_in_use = 17;
+    c0.buffer_exhausted = 3;
+    c0.submits = 99;
+    c0.completions = 98;
+    c0.throttled = 2;
+    c0.pauses = 5;
+    c0.accepts_deferred = 6;
+    s0.flush(&c0);
+    let c1 = ShardCounters {
+        active: 5,
+        accepts: 5,
+        bytes_received: 1,
+        ..Default::default()
+    };
+    s1.flush(&c1);
+
+    let text = scrape(addr);
+    if std::env::var_os("RINGHOLD_PRINT_SCRAPE").is_some() {
+        println!("{text}");
+    }
+    let m = samples(&text);
+    let g = |k: &str| *m.get(k).unwrap_or_else(|| panic!("missing {k} in\n{text}"));
+    assert_eq!(g(r#"ringhold_connections_active{shard="0"}"#), 7.0);
+    assert_eq!(g(r#"ringhold_connections_active{shard="1"}"#), 5.0);
+    assert_eq!(g(r#"ringhold_accepts_total{shard="0"}"#), 10.0);
+    assert_eq!(
+        g(r#"ringhold_closes_total{reason="peer_closed",shard="0"}"#),
+        2.0
+    );
+    assert_eq!(g(r#"ringhold_closes_total{reason="reset",shard="0"}"#), 1.0);
+    assert_eq!(g(r#"ringhold_closes_total{reason="limit",shard="0"}"#), 0.0);
+    assert_eq!(
+        g(r#"ringhold_rejected_total{reason="max_connections",shard="0"}"#),
+        4.0
+    );
+    assert_eq!(
+        g(r#"ringhold_rejected_total{reason="fixed_file_table_full",shard="1"}"#),
+        0.0
+    );
+    assert_eq!(g(r#"ringhold_bytes_received_total{shard="0"}"#), 12345.0);
+    assert_eq!(g(r#"ringhold_bytes_sent_total{shard="0"}"#), 12000.0);
+    assert_eq!(g(r#"ringhold_bytes_received_total{shard="1"}"#), 1.0);
+    assert_eq!(g(r#"ringhold_buffers_capacity{shard="0"}"#), 4096.0);
+    assert_eq!(g(r#"ringhold_buffers_in_use{shard="0"}"#), 17.0);
+    assert_eq!(g(r#"ringhold_buffer_exhausted_total{shard="0"}"#), 3.0);
+    assert_eq!(g(r#"ringhold_uring_submits_total{shard="0"}"#), 99.0);
+    assert_eq!(g(r#"ringhold_uring_completions_total{shard="0"}"#), 98.0);
+    assert_eq!(g(r#"ringhold_throttled_connections{shard="0"}"#), 2.0);
+    assert_eq!(g(r#"ringhold_rate_limit_pauses_total{shard="0"}"#), 5.0);
+    assert_eq!(g(r#"ringhold_accepts_deferred_total{shard="0"}"#), 6.0);
+    let rss = g("ringhold_process_resident_memory_bytes");
+    assert!(rss > 0.0);
+    let per_conn = g("ringhold_resident_bytes_per_connection");
+    assert!(
+        per_conn > 0.0 && (per_conn * 12.0 - rss).abs() / rss < 0.5,
+        "{per_conn} vs {rss}/12"
+    );
+    assert!(g("ringhold_metrics_scrapes_total") >= 1.0);
+
+    // Every exported name is documented and has one TYPE line.
+    for name in names::ALL {
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "no HELP for {name}"
+        );
+        assert_eq!(
+            text.matches(&format!("# TYPE {name} ")).count(),
+            1,
+            "TYPE of {name}"
+        );
+    }
+
+    // A gauge going down is reflected.
+    c0.active = 1;
+    s0.flush(&c0);
+    let m = samples(&scrape(addr));
+    assert_eq!(m[r#"ringhold_connections_active{shard="0"}"#], 1.0);
+
+    // A dropped shard no longer counts towards memory per connection.
+    drop(s1);
+    let _ = render().unwrap();
+
+    // promtool's linter on the real scrape.
+    match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Err(e) => eprintln!(
+            "SKIP promtool check: promtool not runnable ({e}); install Debian's `prometheus`"
+        ),
+        Ok(mut child) => {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "promtool check metrics failed:\n{}{}\n--- scrape ---\n{text}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    // Other paths and methods.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /nope HTTP/1.1\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
+}
