@@ -9,6 +9,7 @@
 //! This crate must not grow server code: it talks to a server only through its sockets.
 
 mod bufring;
+mod kernel;
 mod pattern;
 mod plan;
 mod report;
@@ -186,6 +187,7 @@ fn run_inner(args: &LoadArgs) -> Result<bool, String> {
     let mut last_print = start;
     let mut peak_alive = 0u64;
     let mut rss_peak = rss_start;
+    let mut tcp_mem_peak = kernel::tcp_mem_pages();
     let counts = loop {
         std::thread::sleep(Duration::from_millis(100));
         let mut c = Counts::default();
@@ -204,6 +206,7 @@ fn run_inner(args: &LoadArgs) -> Result<bool, String> {
         if dt >= 1.0 || done {
             let (r, _) = rss();
             rss_peak = rss_peak.max(r);
+            tcp_mem_peak = tcp_mem_peak.max(kernel::tcp_mem_pages());
             let rate = (c.echoed - last_echoed) as f64 / dt.max(1e-3);
             let line = report::progress_line(
                 &plan,
@@ -249,6 +252,8 @@ fn run_inner(args: &LoadArgs) -> Result<bool, String> {
         rss_start,
         rss_peak: rss_peak.max(hwm),
         peak_alive,
+        tcp_mem_peak,
+        tcp_mem_note: kernel::pressure_note(tcp_mem_peak),
     };
     print!("{}", outcome.table());
     let _ = std::io::stdout().flush();

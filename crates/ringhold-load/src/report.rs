@@ -76,6 +76,10 @@ pub struct Outcome<'a> {
     pub rss_peak: Option<u64>,
     /// Most connections open at once (from the progress samples and the end).
     pub peak_alive: u64,
+    /// Most pages TCP used system-wide during the run (both ends of loopback connections count).
+    pub tcp_mem_peak: Option<u64>,
+    /// Set when that reached net.ipv4.tcp_mem's pressure threshold.
+    pub tcp_mem_note: Option<String>,
 }
 
 impl Outcome<'_> {
@@ -211,6 +215,9 @@ impl Outcome<'_> {
                 );
             }
         }
+        if let Some(note) = &self.tcp_mem_note {
+            let _ = writeln!(s, "  note           {note}");
+        }
         let verdict = if self.ok() {
             "OK: every connection held, every heartbeat echoed intact".to_string()
         } else {
@@ -304,6 +311,11 @@ impl Outcome<'_> {
             "bytes": { "sent": c.bytes_sent, "received": c.bytes_received },
             "latency_us": latency,
             "recv_nobufs": c.recv_nobufs,
+            "kernel": {
+                "tcp_mem_peak_pages": self.tcp_mem_peak,
+                "tcp_mem_pressure_pages": crate::kernel::tcp_mem_limits().map(|l| l.1),
+                "note": self.tcp_mem_note,
+            },
             "memory": {
                 "rss_start_bytes": self.rss_start,
                 "rss_peak_bytes": self.rss_peak,

@@ -4,7 +4,7 @@
 Usage: echo_server.py [--corrupt-after N] [--reuseport PORT]
 Listens on 127.0.0.1 (port 0 unless --reuseport), prints 'listening on 127.0.0.1:PORT' on stdout.
 --corrupt-after N: flip one bit of the byte at stream offset N on every connection (tests that a
-mismatch is detected).
+mismatch is detected). --silent: accept and read, never echo (tests echo timeouts).
 """
 import asyncio
 import resource
@@ -14,6 +14,7 @@ import sys
 
 def main():
     corrupt_after = None
+    silent = False
     port = 0
     reuse = False
     args = sys.argv[1:]
@@ -21,6 +22,8 @@ def main():
         a = args.pop(0)
         if a == "--corrupt-after":
             corrupt_after = int(args.pop(0))
+        elif a == "--silent":
+            silent = True
         elif a == "--reuseport":
             port = int(args.pop(0))
             reuse = True
@@ -40,7 +43,8 @@ def main():
                 b[corrupt_after - self.seen] ^= 1
                 data = bytes(b)
             self.seen += len(data)
-            self.t.write(data)
+            if not silent:
+                self.t.write(data)
 
     async def serve():
         loop = asyncio.get_running_loop()

@@ -226,3 +226,35 @@ fn a_refused_target_is_counted_as_refused_with_its_hint() {
         .is_some_and(|h| h.contains("nothing listens")));
     assert_eq!(j["latency_us"], Value::Null);
 }
+
+#[test]
+fn a_server_that_never_echoes_times_out_each_connection() {
+    let Some(server) = EchoServer::start(&["--silent"]) else {
+        return;
+    };
+    let (code, j) = load(
+        &server.addr,
+        "silent",
+        &[
+            "--connections",
+            "30",
+            "--interval",
+            "100ms",
+            "--echo-timeout",
+            "300ms",
+            "--duration",
+            "2s",
+        ],
+    );
+    assert_eq!(code, ExitCode::from(1));
+    assert_eq!(n(&j, "connections.connected"), 30);
+    assert_eq!(n(&j, "failures.timed_out"), 30, "{j:#}");
+    assert_eq!(n(&j, "connections.alive"), 0);
+    assert_eq!(n(&j, "heartbeats.echoed"), 0);
+    assert_eq!(n(&j, "heartbeats.sent"), 30); // one each: the next ones were due while it was outstanding
+    assert_eq!(n(&j, "heartbeats.lost"), 30);
+    assert!(n(&j, "heartbeats.late") > 0);
+    assert!(j["hints"]["timed_out"]
+        .as_str()
+        .is_some_and(|h| h.contains("--echo-timeout")));
+}

@@ -104,8 +104,8 @@ impl Worker {
             }
             OP_CONNECT => self.on_connect(idx, res),
             OP_RECV => self.on_recv(idx, res, flags),
-            OP_SHUTDOWN => {
-                conn.flags &= !F_SHUTDOWN;
+            OP_CANCEL => {
+                conn.flags &= !F_CANCEL;
                 self.maybe_close(idx);
             }
             OP_CLOSE => {
@@ -315,20 +315,21 @@ impl Worker {
         conn.state = ST_DEAD;
         let awaiting = conn.flags & F_AWAIT != 0;
         conn.flags &= !F_AWAIT;
-        let shut = conn.flags & (F_RECV | F_SHUTDOWN) == F_RECV;
-        if shut {
-            conn.flags |= F_SHUTDOWN;
+        let cancel = conn.flags & (F_RECV | F_CANCEL) == F_RECV;
+        if cancel {
+            conn.flags |= F_CANCEL;
         }
         self.c.alive = self.c.alive.saturating_sub(1);
         if awaiting {
             self.c.outstanding = self.c.outstanding.saturating_sub(1);
         }
         self.count_fail(cause, errno);
-        if shut {
-            // Ends the armed multishot receive (it completes with 0).
-            let e = opcode::Shutdown::new(Fixed(slot), libc::SHUT_RDWR)
+        if cancel {
+            // Ends the armed multishot receive (it completes with ECANCELED). Cancelling runs inline;
+            // IORING_OP_SHUTDOWN would always go to an io-wq thread.
+            let e = opcode::AsyncCancel::new(ud(OP_RECV, slot))
                 .build()
-                .user_data(ud(OP_SHUTDOWN, slot));
+                .user_data(ud(OP_CANCEL, slot));
             self.push(&[e]);
         }
     }
@@ -336,7 +337,7 @@ impl Worker {
     /// Closes a dead connection's slot once nothing is in flight for it.
     pub(super) fn maybe_close(&mut self, slot: u32) {
         let conn = &mut self.conns[slot as usize];
-        if conn.state == ST_DEAD && conn.flags & (F_RECV | F_SEND | F_SHUTDOWN | F_CLOSING) == 0 {
+        if conn.state == ST_DEAD && conn.flags & (F_RECV | F_SEND | F_CANCEL | F_CLOSING) == 0 {
             conn.flags |= F_CLOSING;
             let e = opcode::Close::new(Fixed(slot))
                 .build()

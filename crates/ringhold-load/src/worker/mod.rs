@@ -31,7 +31,7 @@ const OP_CONNECT: u8 = 4;
 const OP_LINK_TIMEOUT: u8 = 5;
 const OP_RECV: u8 = 6;
 const OP_SEND: u8 = 7;
-const OP_SHUTDOWN: u8 = 8;
+const OP_CANCEL: u8 = 8;
 const OP_CLOSE: u8 = 9;
 
 fn ud(op: u8, idx: u32) -> u64 {
@@ -53,7 +53,7 @@ const ST_CLOSED: u8 = 4;
 const F_RECV: u8 = 1 << 0;
 const F_SEND: u8 = 1 << 1;
 const F_AWAIT: u8 = 1 << 2;
-const F_SHUTDOWN: u8 = 1 << 3;
+const F_CANCEL: u8 = 1 << 3;
 const F_CLOSING: u8 = 1 << 4;
 const F_SETUP_FAILED: u8 = 1 << 5;
 
@@ -143,6 +143,9 @@ pub fn build(s: Setup) -> Result<Worker, String> {
             "registering a fixed-file table of {quota} slots: {e} (each table is bounded by RLIMIT_NOFILE; use more --workers)"
         )
     })?;
+    // Nothing here should need io-wq threads (sockets are pollable, fixed-file close and cancel run
+    // inline); cap them anyway so a surprise cannot grow the process by hundreds of threads.
+    let _ = ring.submitter().register_iowq_max_workers(&mut [2, 2]);
     let setup_in_ring = match plan.setup {
         SetupMode::Ring => true,
         SetupMode::Syscall => false,
