@@ -218,7 +218,9 @@ impl Outcome<'_> {
         if let Some(note) = &self.tcp_mem_note {
             let _ = writeln!(s, "  note           {note}");
         }
-        let verdict = if self.ok() {
+        let verdict = if self.ok() && p.period.is_none() {
+            "OK: every connection made and held".to_string()
+        } else if self.ok() {
             "OK: every connection held, every heartbeat echoed intact".to_string()
         } else {
             let mut why = Vec::new();
