@@ -4,34 +4,12 @@
 //! tests, with corrupting and silent servers, are in crates/ringhold-load/tests.)
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
+use ringhold_tests::server::binary;
 use serde_json::Value;
-
-/// `$RINGHOLD_BIN`, else `target/<profile>/ringhold` beside this test's `deps/` directory.
-fn binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("RINGHOLD_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut dir = exe
-        .parent()
-        .expect("test executable has a directory")
-        .to_path_buf();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let bin = dir.join("ringhold");
-    assert!(
-        bin.exists(),
-        "{} does not exist: `cargo build -p ringhold` first, or set RINGHOLD_BIN",
-        bin.display()
-    );
-    bin
-}
 
 /// A `ringhold serve` child, killed on drop.
 struct Serve {
