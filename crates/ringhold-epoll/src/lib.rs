@@ -1,19 +1,20 @@
-//! epoll engine of ringhold (stub: being written).
+//! epoll engine of ringhold: the same shard interface, connection core and counters as the io_uring
+//! engine (see the engine contract in `ringhold-core`), on edge-triggered epoll, so that `--engine`
+//! compares engines and nothing else.
+//!
+//! Files: [`sys`] (every syscall, `syscall!` returning `io::Result`, `OwnedFd`s), `buffers` (the
+//! shard's receive buffers and free list), `accept` (accept loop, spare-fd trick, accept rate),
+//! `conn` (sending and reading for one connection), `timers` (clock, throttle heap, poll timeout),
+//! `shard` (the loop).
+//!
+//! What it must not do: keep per-connection state beyond the core's `Conn`, allocate per message or per
+//! idle connection, block, or spin while waiting for buffers, descriptors or rate limits.
 
-use std::io;
+mod accept;
+mod buffers;
+mod conn;
+mod shard;
+mod sys;
+mod timers;
 
-use ringhold_core::ShardSpec;
-
-pub struct Shard {
-    _spec: ShardSpec,
-}
-
-impl Shard {
-    pub fn new(spec: ShardSpec) -> io::Result<Shard> {
-        Ok(Shard { _spec: spec })
-    }
-
-    pub fn run(self) -> io::Result<()> {
-        Err(io::Error::other("the epoll engine is not written yet"))
-    }
-}
+pub use shard::Shard;
