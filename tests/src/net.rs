@@ -11,14 +11,16 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A blocking client connection with [`IO_TIMEOUT`] on reads and writes and TCP_NODELAY.
 pub fn connect(addr: SocketAddr) -> TcpStream {
-    let s = TcpStream::connect_timeout(&addr, crate::secs(10))
-        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
-    s.set_read_timeout(Some(crate::secs(IO_TIMEOUT.as_secs())))
-        .expect("read timeout");
-    s.set_write_timeout(Some(crate::secs(IO_TIMEOUT.as_secs())))
-        .expect("write timeout");
-    s.set_nodelay(true).expect("nodelay");
-    s
+    try_connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
+}
+
+/// [`connect`] that returns the error.
+pub fn try_connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&addr, crate::secs(10))?;
+    s.set_read_timeout(Some(crate::secs(IO_TIMEOUT.as_secs())))?;
+    s.set_write_timeout(Some(crate::secs(IO_TIMEOUT.as_secs())))?;
+    s.set_nodelay(true)?;
+    Ok(s)
 }
 
 /// A deterministic pseudo-random byte stream (xorshift64*), so that a writer and a reader can both

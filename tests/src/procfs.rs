@@ -38,6 +38,18 @@ pub fn clock_ticks_per_sec() -> u64 {
     }
 }
 
+/// Whether `pid` has exited (a zombie not reaped yet counts as exited).
+pub fn is_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            s.rfind(')')
+                .and_then(|i| s[i + 1..].split_whitespace().next())
+                == Some("Z")
+        }
+        Err(_) => true,
+    }
+}
+
 /// Number of open descriptors of `pid`.
 pub fn open_fds(pid: u32) -> io::Result<usize> {
     Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())

@@ -257,7 +257,21 @@ impl Server {
 
     /// A blocking client connection with 30 s read/write timeouts (so a test never hangs forever).
     pub fn connect(&self) -> TcpStream {
-        crate::net::connect(self.addr)
+        match crate::net::try_connect(self.addr) {
+            Ok(s) => s,
+            Err(e) => {
+                panic!(
+                    "connect to ringhold ({}) at {}: {e}{}",
+                    self.engine.name(),
+                    self.addr,
+                    if procfs::is_gone(self.child.id()) {
+                        " — the server process has exited"
+                    } else {
+                        ""
+                    }
+                )
+            }
+        }
     }
 
     /// Everything the server wrote to stderr so far.
@@ -337,6 +351,30 @@ impl Server {
     /// Scrapes /metrics; `None` when the server has no metrics endpoint yet.
     pub fn scrape(&self) -> Option<crate::metrics::Scrape> {
         crate::metrics::scrape(self.metrics?)
+    }
+
+    /// When the server serves /metrics: waits until the sum of `name` over the samples that carry
+    /// `labels` (e.g. over shards) satisfies `pred` — counters are flushed about once a second — and
+    /// panics with the last value after 10 s. Without a metrics endpoint it checks nothing (the same
+    /// fact is then asserted through sockets by the caller).
+    pub fn expect_metric(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        what: &str,
+        pred: impl Fn(f64) -> bool,
+    ) {
+        let Some(addr) = self.metrics else { return };
+        let mut last = None;
+        let ok = crate::wait_until(crate::secs(10), || {
+            last = crate::metrics::scrape(addr).and_then(|s| s.sum(name, labels));
+            last.is_some_and(&pred)
+        });
+        assert!(
+            ok,
+            "metric {name}{labels:?} = {last:?}, expected {what} ({})",
+            self.engine.name()
+        );
     }
 }
 

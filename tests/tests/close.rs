@@ -1,0 +1,313 @@
+//! How connections end: half-close, resets, idle timeout, the connection limit, and the graceful drain
+//! on SIGTERM.
+
+use std::io::{ErrorKind, Write};
+use std::net::{Shutdown, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ringhold_tests::net::{
+    connect_with_rcvbuf, echo_stream, read_end, read_pattern, roundtrip, set_linger_zero,
+    tcp_queues, write_pattern, End,
+};
+use ringhold_tests::{both_engines, secs, serial, wait_until, Engine, Pattern, Server};
+
+/// shutdown(Write) after sending: every byte comes back, then a clean EOF (the server closes once its
+/// echo is flushed).
+fn half_close_gets_all_echoed_then_eof(engine: Engine) {
+    let server = Server::start(engine, &[]);
+    for (i, len) in [0usize, 1, 2048, 100 * 1024, 3 << 20]
+        .into_iter()
+        .enumerate()
+    {
+        let c = server.connect();
+        let mut c = echo_stream(c, i as u64, len, 64 * 1024, true)
+            .unwrap_or_else(|e| panic!("{len} B: {e}"));
+        assert_eq!(
+            read_end(&mut c),
+            End::Eof,
+            "after the echo of {len} B and our FIN"
+        );
+    }
+}
+
+/// 500 connections close with RST (SO_LINGER 0) while they have unread echo and unsent data. The
+/// server keeps serving, and gives every slot back: with `--max-connections 500`, 500 new connections
+/// are all admitted again (a leaked slot would refuse one), and its descriptors return to the baseline.
+fn rst_storm_leaks_nothing(engine: Engine) {
+    let _g = serial();
+    const N: usize = 500;
+    let server = Server::start(engine, &["--max-connections", "500"]);
+    let baseline_fds = server.open_fds();
+    let mut storm = Vec::with_capacity(N);
+    for i in 0..N {
+        let mut c = server.connect();
+        roundtrip(&mut c, &Pattern::bytes(i as u64, 16))
+            .unwrap_or_else(|e| panic!("storm connection {i}: {e}"));
+        storm.push(c);
+    }
+    // Leave data in flight both ways: as much as goes without blocking, never read.
+    let junk = Pattern::bytes(1, 256 * 1024);
+    for c in &storm {
+        c.set_nonblocking(true).expect("nonblocking");
+        let mut left: &[u8] = &junk;
+        while !left.is_empty() {
+            match (&*c).write(left) {
+                Ok(n) => left = &left[n..],
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => panic!("write: {e}"),
+            }
+        }
+        set_linger_zero(c);
+    }
+    drop(storm);
+
+    // Still serving.
+    let mut probe = server.connect();
+    roundtrip(&mut probe, b"after the storm").expect("echo after the RST storm");
+    drop(probe);
+
+    // Every slot comes back: N fresh connections are all admitted and echo.
+    let mut last_err = String::new();
+    let all_admitted = wait_until(secs(20), || {
+        let mut conns = Vec::with_capacity(N);
+        for i in 0..N {
+            let mut c = server.connect();
+            c.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            if let Err(e) = roundtrip(&mut c, b"slot?") {
+                last_err = format!("new connection {i} of {N}: {e}");
+                return false;
+            }
+            conns.push(c);
+        }
+        true
+    });
+    assert!(all_admitted, "slots leaked after an RST storm: {last_err}");
+
+    if engine == Engine::Epoll {
+        let mut now = 0;
+        let back = wait_until(secs(20), || {
+            now = server.open_fds();
+            now <= baseline_fds
+        });
+        assert!(
+            back,
+            "server holds {now} descriptors after the storm, {baseline_fds} before"
+        );
+    }
+    server.expect_metric(
+        "ringhold_connections_active",
+        &[],
+        "0 with no client connected",
+        |v| v == 0.0,
+    );
+    server.expect_metric(
+        "ringhold_buffers_in_use",
+        &[],
+        "0 with no client connected",
+        |v| v == 0.0,
+    );
+}
+
+/// `--idle-timeout 1s`: a connection that sends nothing is closed (EOF), one that keeps talking is not.
+fn idle_timeout_closes_only_idle(engine: Engine) {
+    let server = Server::start(engine, &["--idle-timeout", "1s"]);
+    let mut idle = server.connect();
+    roundtrip(&mut idle, b"hello, then silence").expect("first echo");
+    let mut active = server.connect();
+    let started = Instant::now();
+    // Keep `active` busy (a message every 100 ms) until `idle` is closed.
+    idle.set_nonblocking(true).expect("nonblocking");
+    let mut idle_end = None;
+    let mut i = 0u64;
+    while idle_end.is_none() && started.elapsed() < secs(15) {
+        roundtrip(&mut active, &Pattern::bytes(i, 8))
+            .unwrap_or_else(|e| panic!("active connection, message {i}: {e}"));
+        i += 1;
+        match read_end(&mut idle) {
+            End::Timeout => thread::sleep(Duration::from_millis(100)),
+            other => idle_end = Some(other),
+        }
+    }
+    let idle_after = started.elapsed();
+    match idle_end {
+        Some(End::Eof) | Some(End::Reset) => {}
+        other => panic!(
+            "idle connection not closed within {:?} of --idle-timeout 1s: {other:?}",
+            secs(15)
+        ),
+    }
+    assert!(
+        idle_after >= Duration::from_millis(900),
+        "idle connection closed after only {idle_after:?}"
+    );
+    // The active one lives on for more than twice the timeout.
+    let until = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < until {
+        roundtrip(&mut active, &Pattern::bytes(i, 8)).unwrap_or_else(|e| {
+            panic!("active connection closed by the idle timeout (message {i}): {e}")
+        });
+        i += 1;
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `--max-connections 50`: the 51st connection is closed at once; the first 50 keep echoing, and once
+/// one of them leaves, a new one gets in.
+fn max_connections_refuses_the_excess(engine: Engine) {
+    let server = Server::start(engine, &["--max-connections", "50"]);
+    let mut held: Vec<TcpStream> = (0..50)
+        .map(|i| {
+            let mut c = server.connect();
+            roundtrip(&mut c, format!("conn {i}").as_bytes())
+                .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+            c
+        })
+        .collect();
+    let mut extra = server.connect();
+    let _ = extra.write_all(b"let me in");
+    match read_end(&mut extra) {
+        End::Eof | End::Reset => {}
+        other => {
+            panic!("connection 51 with --max-connections 50: expected to be closed, got {other:?}")
+        }
+    }
+    server.expect_metric(
+        "ringhold_rejected_total",
+        &[("reason", "max_connections")],
+        ">= 1",
+        |v| v >= 1.0,
+    );
+    for (i, c) in held.iter_mut().enumerate() {
+        roundtrip(c, b"still in")
+            .unwrap_or_else(|e| panic!("held connection {i} after the refusal: {e}"));
+    }
+    // Free one place: a new connection is admitted (once the server has seen the close).
+    let mut gone = held.pop().expect("one");
+    gone.shutdown(Shutdown::Write).expect("shutdown");
+    assert_eq!(read_end(&mut gone), End::Eof);
+    drop(gone);
+    let admitted = wait_until(secs(10), || {
+        let mut c = server.connect();
+        roundtrip(&mut c, b"my turn").is_ok()
+    });
+    assert!(admitted, "no connection admitted after one of 50 left");
+}
+
+/// SIGTERM while clients have echo in flight: each gets every byte the server read, then a clean EOF,
+/// and the process exits 0 within `--shutdown-timeout`. New connections are not served any more.
+fn sigterm_drains_in_flight_echo(engine: Engine) {
+    const CLIENTS: usize = 20;
+    const LEN: usize = 32 * 1024;
+    let mut server = Server::start(engine, &["--shutdown-timeout", "5s"]);
+    // Small receive buffers so the echo backs up into the server; the clients do not read yet.
+    let mut conns: Vec<TcpStream> = (0..CLIENTS)
+        .map(|_| connect_with_rcvbuf(server.addr, 4096))
+        .collect();
+    for (i, c) in conns.iter_mut().enumerate() {
+        write_pattern(c, i as u64, LEN, LEN).unwrap_or_else(|e| panic!("client {i} write: {e}"));
+    }
+    // Wait until the server has read everything (its receive queues are empty), so that what is in
+    // flight is exactly the echo of all of it.
+    let mut queues = Vec::new();
+    let all_read = wait_until(secs(20), || {
+        queues = conns
+            .iter()
+            .map(|c| tcp_queues(server.addr, c.local_addr().expect("local addr")))
+            .collect::<Vec<_>>();
+        queues.iter().all(|q| matches!(q, Some((_, 0))))
+    });
+    assert!(
+        all_read,
+        "the server did not read what the clients sent: (tx, rx) queues {queues:?}"
+    );
+
+    let t0 = Instant::now();
+    server.signal(libc::SIGTERM);
+    let readers: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut c)| {
+            thread::spawn(move || {
+                read_pattern(&mut c, i as u64, LEN).map_err(|e| format!("client {i}: {e}"))?;
+                match read_end(&mut c) {
+                    End::Eof => Ok(()),
+                    other => Err(format!(
+                        "client {i}: after the drained echo expected EOF, got {other:?}"
+                    )),
+                }
+            })
+        })
+        .collect();
+    let errors: Vec<String> = readers
+        .into_iter()
+        .filter_map(|h| h.join().expect("reader").err())
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "drain on SIGTERM lost data:\n{}",
+        errors.join("\n")
+    );
+    let status = server.wait_exit(secs(5) + Duration::from_secs(5));
+    let took = t0.elapsed();
+    let status = status
+        .unwrap_or_else(|| panic!("still running {took:?} after SIGTERM (--shutdown-timeout 5s)"));
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    // Nothing listens any more.
+    let refused = TcpStream::connect_timeout(&server.addr, Duration::from_secs(2)).map(|mut c| {
+        c.set_read_timeout(Some(Duration::from_secs(2))).ok();
+        read_end(&mut c)
+    });
+    assert!(
+        matches!(refused, Err(_) | Ok(End::Eof) | Ok(End::Reset)),
+        "a connection after shutdown was not refused: {refused:?}"
+    );
+}
+
+/// A client that never reads cannot hold the shutdown hostage: after `--shutdown-timeout` the server
+/// closes it and exits 0.
+fn sigterm_with_a_stuck_client_exits_after_the_timeout(engine: Engine) {
+    let mut server = Server::start(engine, &["--shutdown-timeout", "1s"]);
+    let stuck = connect_with_rcvbuf(server.addr, 4096);
+    stuck.set_write_timeout(None).expect("no write timeout");
+    let mut w = stuck.try_clone().expect("clone");
+    let writer = thread::spawn(move || write_pattern(&mut w, 5, 64 << 20, 64 * 1024));
+    // Let its echo back up: the server's receive queue for it stops draining.
+    let local = stuck.local_addr().expect("local");
+    assert!(
+        wait_until(secs(20), || tcp_queues(server.addr, local)
+            .is_some_and(|(_, rx)| rx > 0)),
+        "the stuck client's data never backed up in the server"
+    );
+    let t0 = Instant::now();
+    server.signal(libc::SIGTERM);
+    let status = server.wait_exit(secs(15));
+    let took = t0.elapsed();
+    let status = status.unwrap_or_else(|| {
+        panic!("still running {took:?} after SIGTERM with --shutdown-timeout 1s")
+    });
+    assert!(
+        status.success(),
+        "exit status after a timed-out drain: {status}"
+    );
+    let _ = stuck.shutdown(Shutdown::Both);
+    let _ = writer.join();
+    // The listener is gone too.
+    assert!(
+        TcpStream::connect_timeout(&server.addr, Duration::from_secs(2))
+            .map(|mut c| !matches!(read_end(&mut c), End::Data(_) | End::Timeout))
+            .unwrap_or(true),
+        "something still answers on {} after exit",
+        server.addr
+    );
+}
+
+both_engines!(
+    half_close_gets_all_echoed_then_eof,
+    rst_storm_leaks_nothing,
+    idle_timeout_closes_only_idle,
+    max_connections_refuses_the_excess,
+    sigterm_drains_in_flight_echo,
+    sigterm_with_a_stuck_client_exits_after_the_timeout,
+);
