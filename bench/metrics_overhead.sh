@@ -80,6 +80,11 @@ start_server() { # engine metrics(on|off)
     if [[ $2 == on && -z $METRICS ]]; then cat "$log" >&2; die "metrics on but no 'metrics on' line"; fi
 }
 
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() { # pid → utime + stime of the whole process, in clock ticks
+    awk '{ print $14 + $15 }' "/proc/$1/stat"
+}
+
 stop_server() {
     [[ -n $SCRAPER_PID ]] && { kill "$SCRAPER_PID" 2>/dev/null || true; wait "$SCRAPER_PID" 2>/dev/null || true; }
     SCRAPER_PID=""
@@ -101,10 +106,12 @@ run_one() { # engine metrics round
         ) &
         SCRAPER_PID=$!
     fi
-    local res
+    local res t0 t1
+    t0=$(cpu_ticks "$SERVER_PID")
     res=$(taskset -c "$CLIENT_CPUS" "$CLIENT" --target "$ADDR" --mode pingpong --connections "$CONNECTIONS" \
         --message-size "$SIZE" --duration "$SECS" --threads "$CLIENT_THREADS" --sources 1 2>>"$WORK/client.log") \
         || { cat "$WORK/client.log" >&2; die "client failed"; }
+    t1=$(cpu_ticks "$SERVER_PID")
     if [[ $2 == on ]]; then
         scrapes=$(curl -sf "http://$METRICS/metrics" | sed -n 's/^ringhold_metrics_scrapes_total \([0-9]*\).*/\1/p')
     fi
@@ -113,8 +120,12 @@ run_one() { # engine metrics round
     mps=$(jq -r '.messages_per_s' <<<"$res")
     [[ $(jq -r '.mismatches + .lost' <<<"$res") == 0 ]] || die "echo errors: $res"
     jq -c --arg e "$1" --arg m "$2" --argjson r "$3" --argjson s "${scrapes:-0}" \
-        '{engine: $e, metrics: $m, round: $r, scrapes: $s} + .' <<<"$res" >>"$RUNS"
-    printf '%-6s round %d metrics %-3s %12.0f msg/s\n' "$1" "$3" "$2" "$mps" >&2
+        --argjson cpu "$(((t1 - t0) * 1000000 / CLK_TCK))" \
+        '{engine: $e, metrics: $m, round: $r, scrapes: $s, server_cpu_us: $cpu,
+          server_cpu_ns_per_msg: (if .messages > 0 then $cpu * 1000 / .messages else null end)} + .' \
+        <<<"$res" >>"$RUNS"
+    printf '%-6s round %d metrics %-3s %12.0f msg/s %8.0f ns server CPU/msg\n' "$1" "$3" "$2" "$mps" \
+        "$(tail -1 "$RUNS" | jq -r '.server_cpu_ns_per_msg // 0')" >&2
 }
 
 for engine in $ENGINES; do
@@ -144,16 +155,22 @@ jq -rs --argjson claim "$CLAIM" '
     (map(select(.metrics=="off").messages_per_s)) as $off |
     ($on|median) as $mon | ($off|median) as $moff |
     (100 * ($moff - $mon) / $moff) as $ovh |
-    "| \(.[0].engine) | \($on|length) | \($mon|floor) | \($moff|floor) | \($ovh*100|round/100) % | \($on|min|floor)–\($on|max|floor) | \($off|min|floor)–\($off|max|floor) | \(if $ovh < $claim then "yes" else "NO" end) |"
-  ) | (["| engine | rounds | median msg/s metrics on | median msg/s metrics off | overhead | range on | range off | < \($claim) % |",
-        "|---|---|---|---|---|---|---|---|"] + .) | .[]' "$RUNS" >"$WORK/table.md"
+    (map(select(.metrics=="on").server_cpu_ns_per_msg)|median) as $con |
+    (map(select(.metrics=="off").server_cpu_ns_per_msg)|median) as $coff |
+    (100 * ($con - $coff) / $coff) as $covh |
+    "| \(.[0].engine) | \($on|length) | \($mon|floor) | \($moff|floor) | \($ovh*100|round/100) % | \($on|min|floor)–\($on|max|floor) | \($off|min|floor)–\($off|max|floor) | \($con|floor) | \($coff|floor) | \($covh*100|round/100) % | \(if $ovh < $claim and $covh < $claim then "yes" else "NO" end) |"
+  ) | (["| engine | rounds | median msg/s metrics on | median msg/s metrics off | throughput overhead | range on | range off | server CPU ns/msg on | off | CPU overhead | both < \($claim) % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|"] + .) | .[]' "$RUNS" >"$WORK/table.md"
 
 {
     echo "# Metrics overhead: ping-pong with metrics on (scraped every ${SCRAPE_EVERY}s) vs --metrics-listen off"
     echo
     echo "$CONNECTIONS connections × $SIZE B messages, closed loop, ${SECS}s per run, $ROUNDS alternating rounds per side,"
-    echo "$SHARDS shard(s) on cpu $SERVER_CPUS, client on cpu $CLIENT_CPUS. Overhead = (off − on) / off of the medians;"
-    echo "negative means the metrics run was faster (noise)."
+    echo "$SHARDS shard(s) on cpu $SERVER_CPUS, client on cpu $CLIENT_CPUS. Throughput overhead = (off − on) / off of the"
+    echo "median msg/s; CPU overhead = (on − off) / off of the median server CPU time per message (utime + stime from"
+    echo "/proc/<pid>/stat, which holds up better than throughput on a busy machine). Negative = metrics run cheaper (noise)."
+    echo
+    echo "Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
     echo
     cat "$WORK/table.md"
     echo

@@ -13,26 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-fn binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("RINGHOLD_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut dir = exe
-        .parent()
-        .expect("test executable has a directory")
-        .to_path_buf();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let bin = dir.join("ringhold");
-    assert!(
-        bin.exists(),
-        "{} does not exist: `cargo build -p ringhold` first, or set RINGHOLD_BIN",
-        bin.display()
-    );
-    bin
-}
+use ringhold_tests::server::binary;
 
 fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")

@@ -6,34 +6,12 @@
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use ringhold_tests::server::binary;
 use serde_json::Value;
-
-/// `$RINGHOLD_BIN`, else `target/<profile>/ringhold` beside this test's `deps/` directory.
-fn binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("RINGHOLD_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut dir = exe
-        .parent()
-        .expect("test executable has a directory")
-        .to_path_buf();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let bin = dir.join("ringhold");
-    assert!(
-        bin.exists(),
-        "{} does not exist: `cargo build -p ringhold` with the same profile, or set RINGHOLD_BIN",
-        bin.display()
-    );
-    bin
-}
 
 fn nofile() -> (u64, u64) {
     let mut r = libc::rlimit {

@@ -723,7 +723,11 @@ fn prometheus_answers_every_dashboard_panel_on_both_engines() {
         .collect();
     const IDLE: usize = 40;
     const BUSY: usize = 3;
-    let servers: Vec<Server> = engines.iter().map(|e| Server::start(*e, &[])).collect();
+    // Idle clients stay for the whole run (also when it is stretched to render PNGs).
+    let servers: Vec<Server> = engines
+        .iter()
+        .map(|e| Server::start(*e, &["--idle-timeout", "10m"]))
+        .collect();
     let loads: Vec<Load> = servers
         .iter()
         .map(|s| Load::start(s.addr, IDLE, BUSY))
