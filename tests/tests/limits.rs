@@ -143,6 +143,12 @@ fn rate_limit_paces_without_loss(engine: Engine) {
         "the unlimited server ({free_took:?}) was not clearly faster than the limited one ({took:?})"
     );
 
+    // --check-every 1 (the default) checks every read, and a read is at most one 2 KiB buffer: the
+    // heavy connection is paused over and over, a little at a time, not in a few long stops.
+    let min_pauses = ((HEAVY - 2 * HEAVY_BURST) / (2 * KIB) / 2) as f64;
+    limited.expect_metric(PAUSES, &[], "one pause every read or two", |v| {
+        v >= min_pauses
+    });
     // Once the heavy connection is gone, nobody is throttled; the unlimited server never paused.
     limited.expect_metric(THROTTLED, &[], "0 once the heavy client left", |v| v == 0.0);
     free.expect_metric(PAUSES, &[], "0 without --rate-limit", |v| v == 0.0);

@@ -6,7 +6,8 @@
 //!   token bucket, so that connections wait in the backlog instead of being accepted and closed.
 //! - Multishot receive with buffer select; without `F_MORE` it is re-armed unless reading is blocked
 //!   (backpressure, throttle, no buffers, FIN, closing). ENOBUFS is counted and the connection waits for
-//!   a buffer to come back: no spinning.
+//!   a buffer to come back: no spinning. With `--rate-limit`/`--message-rate`, single-shot receives
+//!   (still buffer select), so that a pause stops reading at once, as on epoll.
 //! - One send in flight per connection, from the head of its chain; short sends resume.
 //! - Close: cancel the receive, wait until nothing is in flight, give the chain's buffers back, close
 //!   the descriptor; the slot is freed when that close completes.
@@ -19,7 +20,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use io_uring::squeue::Entry;
+use io_uring::squeue::{self, Entry};
 use io_uring::types::{DestinationSlot, Fd, Fixed, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, IoUring, SubmissionQueue, Submitter};
 use ringhold_core::bucket::Bucket;
@@ -490,8 +491,23 @@ impl State {
         let ud = Token::new(Op::Recv, c.gen, idx).encode();
         c.set(flag::RECV_ARMED);
         c.inflight += 1;
-        let e = with_fd!(self.direct, idx, |f| opcode::RecvMulti::new(f, bgid)
-            .build());
+        let e = if self.cfg.rate_limit.is_some() || self.cfg.message_rate.is_some() {
+            // Rate limits need a single-shot receive: a multishot one keeps filling buffers until its
+            // cancel lands, so a pause would take effect only after ~100 more reads (measured: 26
+            // pauses of ~190 KiB each for 5 MiB at 1 MiB/s) and --check-every would mean nothing.
+            let len = self.cfg.buffer_size;
+            with_fd!(self.direct, idx, |f| opcode::Recv::new(
+                f,
+                std::ptr::null_mut(),
+                len
+            )
+            .buf_group(bgid)
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT))
+        } else {
+            with_fd!(self.direct, idx, |f| opcode::RecvMulti::new(f, bgid)
+                .build())
+        };
         io.push(e.user_data(ud))
     }
 
