@@ -158,8 +158,8 @@ pub struct ServeArgs {
 
     // The four limit flags take `allow_hyphen_values` so that a negative value (`--max-conn-rate -3`)
     // reaches its parser and the error names the flag, instead of clap's "unexpected argument '-3'".
-    /// Accepts per second per listener (token bucket, burst = N). When empty, accepting pauses and the
-    /// backlog holds the rest (EMQX's max_conn_rate).
+    /// Accepts per second per listener, i.e. per shard (token bucket, burst = N). When empty, accepting
+    /// pauses and the backlog holds the rest (EMQX's max_conn_rate).
     #[arg(long, env = "RINGHOLD_MAX_CONN_RATE", value_parser = BucketSpec::parse_per_second,
           allow_hyphen_values = true)]
     pub max_conn_rate: Option<BucketSpec>,
