@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use ringhold_tests::net::{
     connect_with_rcvbuf, echo_stream, read_end, read_pattern, roundtrip, set_linger_zero,
-    tcp_queues, write_pattern, End,
+    tcp_queues, tcp_state, write_pattern, End,
 };
 use ringhold_tests::{both_engines, secs, serial, wait_until, Engine, Pattern, Server};
 
@@ -153,6 +153,55 @@ fn idle_timeout_closes_only_idle(engine: Engine) {
     }
 }
 
+/// A client that fills every buffer on the way (it writes until its socket blocks and never reads) and
+/// then goes quiet is still closed by `--idle-timeout`: a close must not wait for a send that the peer
+/// will never let complete. The server's side of the socket goes away and its slot is given back.
+fn idle_timeout_closes_a_stuck_reader(engine: Engine) {
+    let server = Server::start(engine, &["--idle-timeout", "1s"]);
+    let stuck = connect_with_rcvbuf(server.addr, 4096);
+    stuck.set_nonblocking(true).expect("nonblocking");
+    let junk = Pattern::bytes(3, 64 * 1024);
+    let local = stuck.local_addr().expect("local");
+    // Write until the server stops reading (its receive queue holds our bytes) and our socket blocks.
+    let filled = wait_until(secs(20), || {
+        loop {
+            match (&stuck).write(&junk) {
+                Ok(_) => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => panic!("write: {e}"),
+            }
+        }
+        tcp_queues(server.addr, local).is_some_and(|(_, rx)| rx > 0)
+    });
+    assert!(
+        filled,
+        "the stuck client's data never backed up in the server"
+    );
+    let mut state = None;
+    let closed = wait_until(secs(15), || {
+        state = tcp_state(server.addr, local);
+        state != Some(1)
+    });
+    assert!(
+        closed,
+        "the server's socket for a stuck reader is still ESTABLISHED {:?} after --idle-timeout 1s",
+        secs(15)
+    );
+    server.expect_metric(
+        "ringhold_connections_active",
+        &[],
+        "0 after the idle close",
+        |v| v == 0.0,
+    );
+    server.expect_metric(
+        "ringhold_closes_total",
+        &[("reason", "idle_timeout")],
+        ">= 1",
+        |v| v >= 1.0,
+    );
+    roundtrip(&mut server.connect(), b"next").expect("echo after the idle close");
+}
+
 /// `--max-connections 50`: the 51st connection is closed at once; the first 50 keep echoing, and once
 /// one of them leaves, a new one gets in.
 fn max_connections_refuses_the_excess(engine: Engine) {
@@ -199,12 +248,17 @@ fn max_connections_refuses_the_excess(engine: Engine) {
 /// and the process exits 0 within `--shutdown-timeout`. New connections are not served any more.
 fn sigterm_drains_in_flight_echo(engine: Engine) {
     const CLIENTS: usize = 20;
-    const LEN: usize = 32 * 1024;
+    const LEN: usize = 256 * 1024;
     let mut server = Server::start(engine, &["--shutdown-timeout", "5s"]);
     // Small receive buffers so the echo backs up into the server; the clients do not read yet.
     let mut conns: Vec<TcpStream> = (0..CLIENTS)
         .map(|_| connect_with_rcvbuf(server.addr, 4096))
         .collect();
+    // And idle connections with nothing in flight, which the drain closes at once.
+    let mut idle: Vec<TcpStream> = (0..50).map(|_| server.connect()).collect();
+    for (i, c) in idle.iter_mut().enumerate() {
+        roundtrip(c, b"idle").unwrap_or_else(|e| panic!("idle connection {i}: {e}"));
+    }
     for (i, c) in conns.iter_mut().enumerate() {
         write_pattern(c, i as u64, LEN, LEN).unwrap_or_else(|e| panic!("client {i} write: {e}"));
     }
@@ -223,6 +277,13 @@ fn sigterm_drains_in_flight_echo(engine: Engine) {
         "the server did not read what the clients sent: (tx, rx) queues {queues:?}"
     );
 
+    let in_server_kernel: u64 = queues.iter().flatten().map(|q| q.0).sum();
+    eprintln!(
+        "{}: SIGTERM with {} KiB echoed but unread ({} KiB of it still in the server's send queues)",
+        engine.name(),
+        CLIENTS * LEN / 1024,
+        in_server_kernel / 1024
+    );
     let t0 = Instant::now();
     server.signal(libc::SIGTERM);
     let readers: Vec<_> = conns
@@ -240,6 +301,10 @@ fn sigterm_drains_in_flight_echo(engine: Engine) {
             })
         })
         .collect();
+    for (i, c) in idle.iter_mut().enumerate() {
+        let end = read_end(c);
+        assert_eq!(end, End::Eof, "idle connection {i} on SIGTERM");
+    }
     let errors: Vec<String> = readers
         .into_iter()
         .filter_map(|h| h.join().expect("reader").err())
@@ -254,6 +319,10 @@ fn sigterm_drains_in_flight_echo(engine: Engine) {
     let status = status
         .unwrap_or_else(|| panic!("still running {took:?} after SIGTERM (--shutdown-timeout 5s)"));
     assert!(status.success(), "exit status after SIGTERM: {status}");
+    assert!(
+        took <= Duration::from_secs(5),
+        "the drain took {took:?}, more than --shutdown-timeout 5s, though every client read at once"
+    );
     // Nothing listens any more.
     let refused = TcpStream::connect_timeout(&server.addr, Duration::from_secs(2)).map(|mut c| {
         c.set_read_timeout(Some(Duration::from_secs(2))).ok();
@@ -303,11 +372,54 @@ fn sigterm_with_a_stuck_client_exits_after_the_timeout(engine: Engine) {
     );
 }
 
+/// SIGINT drains like SIGTERM; a second signal during a drain exits at once (status 130) instead of
+/// waiting for `--shutdown-timeout`.
+fn sigint_drains_and_a_second_signal_exits_now(engine: Engine) {
+    let mut server = Server::start(engine, &["--shutdown-timeout", "2s"]);
+    let mut c = server.connect();
+    roundtrip(&mut c, b"hi").expect("echo");
+    server.signal(libc::SIGINT);
+    assert_eq!(read_end(&mut c), End::Eof, "idle connection on SIGINT");
+    let status = server.wait_exit(secs(10)).expect("exit after SIGINT");
+    assert!(status.success(), "exit status after SIGINT: {status}");
+
+    // A stuck client keeps the drain busy; the second SIGTERM ends it.
+    let mut server = Server::start(engine, &["--shutdown-timeout", "60s"]);
+    let stuck = connect_with_rcvbuf(server.addr, 4096);
+    stuck.set_nonblocking(true).expect("nonblocking");
+    let local = stuck.local_addr().expect("local");
+    let junk = Pattern::bytes(9, 64 * 1024);
+    let backed_up = wait_until(secs(20), || {
+        while (&stuck).write(&junk).is_ok() {}
+        tcp_queues(server.addr, local).is_some_and(|(_, rx)| rx > 0)
+    });
+    assert!(
+        backed_up,
+        "the stuck client's data never backed up in the server"
+    );
+    server.signal(libc::SIGTERM);
+    assert!(
+        server.wait_for_log("draining", secs(10)),
+        "no drain announced after SIGTERM"
+    );
+    server.signal(libc::SIGTERM);
+    let status = server
+        .wait_exit(secs(10))
+        .expect("still running after a second SIGTERM (--shutdown-timeout 60s)");
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "exit status after a second signal: {status}"
+    );
+}
+
 both_engines!(
     half_close_gets_all_echoed_then_eof,
     rst_storm_leaks_nothing,
     idle_timeout_closes_only_idle,
+    idle_timeout_closes_a_stuck_reader,
     max_connections_refuses_the_excess,
     sigterm_drains_in_flight_echo,
     sigterm_with_a_stuck_client_exits_after_the_timeout,
+    sigint_drains_and_a_second_signal_exits_now,
 );

@@ -2,7 +2,7 @@
 //! engine (see the engine contract in `ringhold-core`), on edge-triggered epoll, so that `--engine`
 //! compares engines and nothing else.
 //!
-//! Files: [`sys`] (every syscall, `syscall!` returning `io::Result`, `OwnedFd`s), `buffers` (the
+//! Files: `sys` (every syscall, `syscall!` returning `io::Result`, `OwnedFd`s), `buffers` (the
 //! shard's receive buffers and free list), `accept` (accept loop, spare-fd trick, accept rate),
 //! `conn` (sending and reading for one connection), `timers` (clock, throttle heap, poll timeout),
 //! `shard` (the loop).

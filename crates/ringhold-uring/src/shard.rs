@@ -503,7 +503,7 @@ impl State {
         c.inflight += 1;
         let target = Token::new(Op::Recv, c.gen, idx).encode();
         let e = opcode::AsyncCancel::new(target).build();
-        io.push(e.user_data(Token::new(Op::CancelRecv, c.gen, idx).encode()))
+        io.push(e.user_data(Token::new(Op::Cancel, c.gen, idx).encode()))
     }
 
     fn on_recv(&mut self, io: &mut Io<'_>, t: Token, res: i32, flags: u32) -> io::Result<()> {
@@ -680,7 +680,22 @@ impl State {
         self.counters.close(reason);
         self.shared.release();
         self.stop_recv(io, idx)?;
+        self.cancel_send(io, idx)?;
         self.after_op(io, idx, gen)
+    }
+
+    /// Cancels a send that may never complete (a peer that stopped reading), so a close can proceed.
+    fn cancel_send(&mut self, io: &mut Io<'_>, idx: u32) -> io::Result<()> {
+        let Some(c) = self.slots.live_mut(idx) else {
+            return Ok(());
+        };
+        if !c.has(flag::SEND_PENDING) {
+            return Ok(());
+        }
+        c.inflight += 1;
+        let target = Token::new(Op::Send, c.gen, idx).encode();
+        let e = opcode::AsyncCancel::new(target).build();
+        io.push(e.user_data(Token::new(Op::Cancel, c.gen, idx).encode()))
     }
 
     /// Called after an operation of a connection ended: a closing connection with nothing in flight
@@ -712,7 +727,7 @@ impl State {
             Op::Accept => self.on_accept(io, res, cqe.flags()),
             Op::Recv => self.on_recv(io, t, res, cqe.flags()),
             Op::Send => self.on_send(io, t, res),
-            Op::SockOpt | Op::CancelRecv => {
+            Op::SockOpt | Op::Cancel => {
                 if t.op == Op::SockOpt && res < 0 {
                     if matches!(-res, libc::EOPNOTSUPP | libc::EINVAL) && self.sockopt_supported {
                         self.sockopt_supported = false;

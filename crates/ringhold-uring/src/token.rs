@@ -19,8 +19,8 @@ pub enum Op {
     Send = 3,
     /// Close of a connection's descriptor; frees its slot.
     Close = 4,
-    /// Cancel of a connection's multishot receive.
-    CancelRecv = 5,
+    /// Cancel of a connection's multishot receive or pending send.
+    Cancel = 5,
     /// setsockopt (TCP_NODELAY, keepalive) through IORING_OP_URING_CMD.
     SockOpt = 6,
     /// Close of a connection refused at accept (no slot was opened for it).
@@ -36,7 +36,7 @@ impl Op {
             2 => Op::Recv,
             3 => Op::Send,
             4 => Op::Close,
-            5 => Op::CancelRecv,
+            5 => Op::Cancel,
             6 => Op::SockOpt,
             7 => Op::CloseRefused,
             8 => Op::CancelAccept,
@@ -86,7 +86,7 @@ mod tests {
             Op::Recv,
             Op::Send,
             Op::Close,
-            Op::CancelRecv,
+            Op::Cancel,
             Op::SockOpt,
             Op::CloseRefused,
         ] {

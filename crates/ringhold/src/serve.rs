@@ -14,9 +14,6 @@ use tracing::{error, info, warn};
 use crate::cli::{Engine, ServeArgs};
 use crate::{listen, rlimit};
 
-/// File descriptors the process keeps for itself (listeners, rings, epoll, metrics, logs, spare).
-const FD_RESERVE: u64 = 64;
-
 enum AnyShard {
     Uring(Box<ringhold_uring::Shard>),
     Epoll(ringhold_epoll::Shard),
@@ -84,23 +81,13 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     } else {
         nofile.soft
     };
-    let (capacity, bound_by) = if direct {
-        (
-            shards as u64 * fixed_files,
-            format!("fixed-file tables: {shards} shards × {fixed_files} slots"),
-        )
-    } else {
-        (
-            nofile.soft.saturating_sub(FD_RESERVE),
-            format!("RLIMIT_NOFILE {} (one fd per connection)", nofile.soft),
-        )
-    };
-    let (capacity, bound_by) =
-        if args.max_connections > 0 && (args.max_connections as u64) < capacity {
-            (args.max_connections as u64, "--max-connections".to_string())
-        } else {
-            (capacity, bound_by)
-        };
+    let capacity = crate::doctor::binding_limit_line(
+        args.engine,
+        shards,
+        direct,
+        fixed_files,
+        args.max_connections,
+    );
 
     if let Some(max) = listen::somaxconn() {
         if args.backlog > max {
@@ -195,7 +182,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     let total_buffers = shards as u64 * args.buffers as u64;
     info!(
         "ringhold {} engine={} shards={shards} cores={ncores} pinned={} buffers={shards}×{}×{} ({}) \
-         fd_limit={} direct_descriptors={direct} capacity={capacity} connections (bound by {bound_by}) \
+         fd_limit={} direct_descriptors={direct} {capacity} \
          idle_timeout={:?} max_connections={}",
         env!("CARGO_PKG_VERSION"),
         args.engine.name(),
@@ -207,12 +194,14 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         args.idle_timeout,
         args.max_connections,
     );
+    // Signal handlers before the ready lines: a SIGTERM sent as soon as "listening on" shows up must
+    // drain, and the process's descriptors (the handler's socket pair) are all open once it is ready.
+    spawn_signal_thread(events_tx.clone())?;
+
     if let Some(m) = metrics_addr {
         info!("metrics on http://{m}/metrics");
     }
     info!("listening on {local}");
-
-    spawn_signal_thread(events_tx.clone())?;
 
     let mut exited = 0;
     let mut failed = false;
