@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod net;
 pub mod procfs;
 pub mod server;
+pub mod sockdiag;
 pub mod tools;
 
 use std::sync::{Mutex, MutexGuard};

@@ -197,40 +197,19 @@ pub fn echo_stream(
     Ok(r)
 }
 
-/// Send and receive queue lengths (bytes) of the TCP socket `local -> remote` as the kernel reports
-/// them in /proc/net/tcp (IPv4 only). Used to wait until the server has read everything a client sent.
+/// Send and receive queue lengths (bytes) of the TCP socket `local -> remote`, from the kernel's
+/// sock_diag (exact lookup). Used to wait until the server has read everything a client sent.
 pub fn tcp_queues(local: SocketAddr, remote: SocketAddr) -> Option<(u64, u64)> {
-    let f = proc_net_tcp_row(local, remote)?;
-    let (tx, rx) = f[4].split_once(':')?;
-    Some((
-        u64::from_str_radix(tx, 16).ok()?,
-        u64::from_str_radix(rx, 16).ok()?,
-    ))
+    let d = crate::sockdiag::lookup(local, remote).ok()??;
+    Some((d.wqueue as u64, d.rqueue as u64))
 }
 
-/// TCP state of the socket `local -> remote` from /proc/net/tcp (1 = ESTABLISHED, 7 = CLOSE, 8 =
-/// CLOSE_WAIT, …); `None` when the kernel no longer has it (IPv4 only).
+/// TCP state of the socket `local -> remote` (1 = ESTABLISHED, 7 = CLOSE, 8 = CLOSE_WAIT, …);
+/// `None` when the kernel no longer has it.
 pub fn tcp_state(local: SocketAddr, remote: SocketAddr) -> Option<u8> {
-    proc_net_tcp_row(local, remote).and_then(|f| u8::from_str_radix(&f[3], 16).ok())
-}
-
-/// The fields of /proc/net/tcp's row for `local -> remote`.
-fn proc_net_tcp_row(local: SocketAddr, remote: SocketAddr) -> Option<Vec<String>> {
-    let text = std::fs::read_to_string("/proc/net/tcp").ok()?;
-    let enc = |a: SocketAddr| -> Option<String> {
-        match a {
-            SocketAddr::V4(v4) => {
-                let ip = u32::from_le_bytes(v4.ip().octets());
-                Some(format!("{ip:08X}:{:04X}", v4.port()))
-            }
-            SocketAddr::V6(_) => None,
-        }
-    };
-    let (l, r) = (enc(local)?, enc(remote)?);
-    text.lines().skip(1).find_map(|line| {
-        let f: Vec<String> = line.split_whitespace().map(String::from).collect();
-        (f.len() > 4 && f[1] == l && f[2] == r).then_some(f)
-    })
+    crate::sockdiag::lookup(local, remote)
+        .ok()?
+        .map(|d| d.state)
 }
 
 /// Sets SO_LINGER {on, 0}: close() then sends RST and drops whatever was not sent.
