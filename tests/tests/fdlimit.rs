@@ -162,7 +162,7 @@ fn beyond_the_fd_limit(engine: Engine) {
 
     // The warning is rate-limited (about once a second, not once per refusal).
     let warnings = fd_warnings(&server.log());
-    let elapsed = t_start.elapsed().as_secs();
+    let elapsed = t_start.elapsed().as_secs_f64().ceil() as u64;
     eprintln!(
         "{}: {warnings} fd-limit warnings in {elapsed} s",
         engine.name()

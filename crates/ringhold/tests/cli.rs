@@ -282,6 +282,10 @@ fn env_vars_configure_a_running_server() {
         }
         let _ = child.kill();
         let _ = child.wait();
+        if engine == "uring" && seen.contains("io_uring cannot be used") {
+            eprintln!("SKIP env_vars_configure_a_running_server on uring: {seen}");
+            continue;
+        }
         assert!(
             listening,
             "no `listening on` line with RINGHOLD_LISTEN=127.0.0.1:0 ({engine}):\n{seen}"
