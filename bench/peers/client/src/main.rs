@@ -289,6 +289,8 @@ fn worker(o: Arc<Opts>, t: Arc<Totals>, ids: Vec<usize>, started: Instant, gate:
                 match r {
                     Ok(s) => {
                         let _ = s.set_nodelay(true);
+                        // Close with RST at exit: no TIME_WAIT sockets left to skew the next measurement.
+                        let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
                         t2.established.fetch_add(1, Ordering::Relaxed);
                         Some((i, s))
                     }
@@ -321,8 +323,21 @@ fn worker(o: Arc<Opts>, t: Arc<Totals>, ids: Vec<usize>, started: Instant, gate:
     merged
 }
 
+/// Raises the RLIMIT_NOFILE soft limit to the hard limit (each connection is one fd here).
+fn raise_nofile() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `lim` is a valid, writable rlimit; setrlimit only reads it.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 fn main() {
     let o = Arc::new(parse());
+    raise_nofile();
     let t = Arc::new(Totals {
         established: AtomicU64::new(0),
         connect_errors: AtomicU64::new(0),

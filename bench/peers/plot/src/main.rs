@@ -54,6 +54,8 @@ fn draw(out: &Path, c: &Chart<'_>) -> Result<PathBuf, Box<dyn std::error::Error>
                 .disable_x_mesh()
                 .x_labels(n)
                 .x_label_formatter(&x_fmt)
+                .y_label_formatter(&|v: &f64| short(*v))
+                .light_line_style(WHITE)
                 .y_desc(c.y_label)
                 .draw()?;
             for (k, (label, vals)) in c.series.iter().enumerate() {
