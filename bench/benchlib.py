@@ -315,21 +315,28 @@ def sysctl_set(name: str, value: str) -> bool:
         return False
 
 
-def sysctl_raise(name: str, value: int) -> dict | None:
-    """Raises a single-number sysctl to `value` if it is lower; returns what changed."""
-    cur = sysctl_get(name)
-    if cur is None:
-        return None
-    try:
-        n = int(cur.split()[0])
-    except ValueError:
-        return None
-    if n >= value:
-        return None
-    if sysctl_set(name, str(value)):
-        log(f"sysctl {name}: {n} -> {value}")
-        return {"name": name, "before": n, "after": value}
-    return None
+def apply_sysctls(plan: list[tuple[str, str]]) -> list[dict]:
+    """Raises each value (element-wise for vectors) if lower; returns [{name, before, after}]."""
+    changed = []
+    for name, want in plan:
+        cur = sysctl_get(name)
+        if cur is None:
+            log(f"sysctl {name}: not present, skipped")
+            continue
+        cur_v, want_v = [int(x) for x in cur.split()], [int(x) for x in want.split()]
+        new_v = [max(c, w) for c, w in zip(cur_v, want_v)]
+        if new_v != cur_v:
+            new = " ".join(str(x) for x in new_v)
+            if sysctl_set(name, new):
+                log(f"sysctl {name}: {cur} -> {new}")
+                changed.append({"name": name, "before": cur, "after": new})
+    return changed
+
+
+def restore_sysctls(changed: list[dict]) -> None:
+    for c in reversed(changed):
+        if sysctl_set(c["name"], c["before"]):
+            log(f"sysctl {c['name']} restored to {c['before']}")
 
 
 WATCHED_SYSCTLS = [
@@ -625,3 +632,164 @@ def wait_established(run: ClientRun, port: int, want: int, timeout: float,
         queued = accept_queue(port)
     return {"established": n, "seconds": seconds, "accept_queue_left": queued,
             "server_side_established": established_to(port)}
+
+
+# ---------------------------------------------------------------------------------------------------
+# A long hold with heartbeats (bench/thirty_k, bench/million)
+
+
+def tcp_inuse() -> int:
+    """TCP sockets in use machine-wide (both ends of loopback connections): cheap at any scale."""
+    return tcp_sockstat("inuse")
+
+
+def hold_experiment(server_name: str, server_argv: list, connections: int, client: Client, hold: float,
+                    heartbeat: float, settle: float, connect_rate: float, raw: Path,
+                    establish_timeout: float, sample_every: float = 10.0) -> dict:
+    """Starts one server, opens `connections` from `client`, holds them `hold` seconds with a heartbeat
+    every `heartbeat` seconds, and measures: time to establish, server RSS and kernel slab per
+    connection, server CPU, connections lost. Everything started here is stopped before returning."""
+    srv = Server(server_name, server_argv, raw / f"{server_name}.log")
+    samples: list[dict] = []
+    try:
+        time.sleep(1.0)
+        rss0, slab0, cpu0, inuse0 = srv.rss(), slab_bytes(), srv.cpu(), tcp_inuse()
+        mem0 = meminfo_kib("MemAvailable") * 1024
+        log(f"baseline: server RSS {rss0 / 2**20:.1f} MiB, TCP sockets in use {inuse0}")
+        # The client's own duration is only a safety bound: this function stops it.
+        run = client.start(srv.addr, connections, mode="hold", duration=hold + establish_timeout + 600,
+                           heartbeat=heartbeat, connect_rate=connect_rate, tag="client")
+
+        def progress() -> int:
+            return max(0, (tcp_inuse() - inuse0) // 2)
+
+        t0 = time.monotonic()
+        deadline = t0 + establish_timeout
+        last, last_change, last_log = -1, t0, t0
+        seconds = None
+        while True:
+            now = time.monotonic()
+            reports = run.established_reports()
+            if run.kind == "bench-client" and len(reports) == len(run.procs):
+                seconds = max(r[1] for r in reports)
+                break
+            n = progress()
+            if n >= connections and run.kind != "bench-client":
+                # sockstat counts both ends; confirm with the server-side count once.
+                if established_to(srv.port) >= connections:
+                    seconds = now - run.started
+                    break
+            if n != last:
+                last, last_change = n, now
+            if now - last_log >= 5:
+                log(f"establishing: ~{n} connections after {now - t0:.0f} s")
+                last_log = now
+            if now > deadline or now - last_change > 30 or run.alive() == 0 or not srv.alive():
+                break
+            time.sleep(0.2)
+        q_deadline = time.monotonic() + 60
+        while accept_queue(srv.port) and time.monotonic() < q_deadline:
+            time.sleep(0.2)
+        established = established_to(srv.port)
+        cpu_est = srv.cpu()
+        log(f"established {established} of {connections} in {seconds if seconds is None else round(seconds, 2)} s")
+        time.sleep(settle)
+        if not srv.alive():
+            raise BenchError(f"{server_name} exited: {srv.out.tail(3)}")
+        rss1, slab1, cpu1 = srv.rss(), slab_bytes(), srv.cpu()
+        mem1 = meminfo_kib("MemAvailable") * 1024
+        hold_start = time.monotonic()
+        next_sample = hold_start
+        while True:
+            now = time.monotonic()
+            if now >= next_sample:
+                s = {"t": round(now - hold_start, 1), "rss_bytes": srv.rss() if srv.alive() else None,
+                     "cpu_s": srv.cpu() if srv.alive() else None, "tcp_inuse": tcp_inuse(),
+                     "clients_alive": run.alive()}
+                samples.append(s)
+                log(f"holding: t={s['t']:.0f}s RSS {((s['rss_bytes'] or 0)) / 2**20:.1f} MiB, "
+                    f"TCP in use {s['tcp_inuse']}, clients alive {s['clients_alive']}/{len(run.procs)}")
+                next_sample += sample_every
+            if now - hold_start >= hold or not srv.alive() or run.alive() < len(run.procs):
+                break
+            time.sleep(min(1.0, max(0.05, next_sample - now)))
+        held_end = established_to(srv.port) if srv.alive() else 0
+        rss2 = srv.rss() if srv.alive() else None
+        cpu2 = srv.cpu() if srv.alive() else None
+        server_alive = srv.alive()
+        clients = run.stop(grace=60)
+    finally:
+        srv.stop()
+    slab_total, slab_top = slab_delta(slab0, slab1, top=12)
+    per = max(established, 1)
+    ok = [c for c in clients if isinstance(c, dict) and "error" not in c]
+
+    def csum(key: str) -> int:
+        return sum(int(c.get(key) or 0) for c in ok)
+
+    return {
+        "passed": None,
+        "server": server_name,
+        "server_argv": [str(a) for a in server_argv],
+        "requested": connections,
+        "established": established,
+        "establish_seconds": seconds,
+        "establish_per_s": round(established / seconds, 1) if seconds else None,
+        "held_at_end": held_end,
+        "server_alive_at_end": server_alive,
+        "not_established": max(0, connections - established),
+        "lost": max(0, established - held_end) if server_alive else established,
+        "client_lost": csum("lost"),
+        "client_connect_errors": csum("connect_errors"),
+        "heartbeats_ok": csum("messages"),
+        "mismatches": csum("mismatches"),
+        "rss_before_bytes": rss0,
+        "rss_after_bytes": rss1,
+        "rss_end_bytes": rss2,
+        "rss_per_conn_bytes": round((rss1 - rss0) / per, 1),
+        "slab_delta_bytes": slab_total,
+        "slab_per_conn_bytes": round(slab_total / per, 1),
+        "slab_top": slab_top,
+        "mem_available_delta_per_conn_bytes": round((mem0 - mem1) / per, 1),
+        "server_cpu_establish_s": round(cpu_est - cpu0, 3),
+        "server_cpu_hold_s": None if cpu2 is None else round(cpu2 - cpu1, 3),
+        "server_cpu_total_s": None if cpu2 is None else round(cpu2 - cpu0, 3),
+        "hold_seconds": hold,
+        "heartbeat_seconds": heartbeat,
+        "samples": samples,
+        "clients": clients,
+    }
+
+
+def hold_markdown(title: str, meta: dict, r: dict, extra: list[str] | None = None) -> str:
+    m = meta["machine"]
+    est_s = "–" if r["establish_seconds"] is None else f"{r['establish_seconds']:.2f} s"
+    est_rate = "–" if not r["establish_per_s"] else f"{r['establish_per_s']:,.0f} /s"
+    lines = [
+        f"# {title} — {meta['date']} on {m['host']}",
+        "",
+        f"Machine: {m['nproc']} cores ({m['cpu']}), {m['mem_total_bytes'] / 2**30:.1f} GiB, Linux {m['kernel']}, "
+        f"RLIMIT_NOFILE {m['rlimit_nofile'][0]}/{m['rlimit_nofile'][1]}.",
+        f"Commit: `{(meta['git'].get('commit') or '?')[:12]}`. Command: `{meta['command']}`",
+        f"Server: `{' '.join(r['server_argv'])}`; client: {meta.get('client')}",
+        "",
+        "| measure | value |",
+        "|---|---:|",
+        f"| connections requested | {r['requested']:,} |",
+        f"| established (server side) | {r['established']:,} |",
+        f"| time to establish | {est_s} |",
+        f"| establish rate | {est_rate} |",
+        f"| held at the end of {r['hold_seconds']:g} s | {r['held_at_end']:,} |",
+        f"| connections lost while held | {r['lost']:,} (client saw {r['client_lost']:,}) |",
+        f"| never established | {r['not_established']:,} (client connect errors {r['client_connect_errors']:,}) |",
+        f"| heartbeats echoed intact (every {r['heartbeat_seconds']:g} s) | {r['heartbeats_ok']:,} (mismatches {r['mismatches']}) |",
+        f"| server RSS per connection | {r['rss_per_conn_bytes']:,.1f} B ({(r['rss_after_bytes'] - r['rss_before_bytes']) / 2**20:.1f} MiB for all) |",
+        f"| kernel slab per connection (both ends) | {r['slab_per_conn_bytes']:,.0f} B ({r['slab_delta_bytes'] / 2**20:.1f} MiB) |",
+        f"| MemAvailable drop per connection | {r['mem_available_delta_per_conn_bytes']:,.0f} B |",
+        f"| server CPU: establish / hold / total | {r['server_cpu_establish_s']} s / {r['server_cpu_hold_s']} s / {r['server_cpu_total_s']} s |",
+        "",
+        "Top slab caches (delta per connection): "
+        + ", ".join(f"{c} {d / max(r['established'], 1):+.0f} B" for c, d in r["slab_top"][:8]),
+        "",
+    ]
+    return "\n".join(lines + (extra or []))
