@@ -31,7 +31,9 @@ impl BucketSpec {
     /// `--message-rate <count>,<period>`, e.g. `10,1m`: `count` reads per `period`, burst `count`.
     pub fn parse_count_period(s: &str) -> Result<BucketSpec, String> {
         let (c, p) = parse_pair(s, "<count>,<period> (e.g. 10,1m)")?;
-        let count: u64 = c.parse().map_err(|_| format!("'{c}' is not a whole count"))?;
+        let count: u64 = c
+            .parse()
+            .map_err(|_| format!("'{c}' is not a whole count"))?;
         let period = parse_duration(p)?;
         if period.is_zero() {
             return Err(format!("'{s}': the period must be longer than 0"));
@@ -71,7 +73,10 @@ pub struct Bucket {
 impl Bucket {
     /// A full bucket at time `now_ms`.
     pub fn full(spec: &BucketSpec, now_ms: u32) -> Bucket {
-        Bucket { tokens: spec.burst as f32, stamp_ms: now_ms }
+        Bucket {
+            tokens: spec.burst as f32,
+            stamp_ms: now_ms,
+        }
     }
 
     fn refill(&mut self, spec: &BucketSpec, now_ms: u32) {
@@ -124,7 +129,10 @@ mod tests {
 
     #[test]
     fn debt_and_pause() {
-        let spec = BucketSpec { rate: 1000.0, burst: 500.0 };
+        let spec = BucketSpec {
+            rate: 1000.0,
+            burst: 500.0,
+        };
         let mut b = Bucket::full(&spec, 0);
         assert_eq!(b.take(&spec, 0, 400.0), None);
         // 100 left; taking 300 leaves a debt of 200 = 200 ms at 1000/s.
@@ -139,7 +147,10 @@ mod tests {
 
     #[test]
     fn accept_admission() {
-        let spec = BucketSpec { rate: 10.0, burst: 2.0 };
+        let spec = BucketSpec {
+            rate: 10.0,
+            burst: 2.0,
+        };
         let mut b = Bucket::full(&spec, 0);
         assert!(b.try_take_one(&spec, 0).is_ok());
         assert!(b.try_take_one(&spec, 0).is_ok());
@@ -150,7 +161,10 @@ mod tests {
 
     #[test]
     fn clock_wraps() {
-        let spec = BucketSpec { rate: 1000.0, burst: 10.0 };
+        let spec = BucketSpec {
+            rate: 1000.0,
+            burst: 10.0,
+        };
         let mut b = Bucket::full(&spec, u32::MAX - 5);
         assert!(b.take(&spec, u32::MAX - 5, 20.0).is_some());
         assert_eq!(b.take(&spec, 5, 0.0), None);

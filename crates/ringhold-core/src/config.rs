@@ -21,7 +21,9 @@ impl Keepalive {
         }
         let parts: Vec<&str> = s.split(',').map(str::trim).collect();
         if parts.len() != 3 {
-            return Err(format!("'{s}' is not idle,interval,count (e.g. 60s,10s,5) or off"));
+            return Err(format!(
+                "'{s}' is not idle,interval,count (e.g. 60s,10s,5) or off"
+            ));
         }
         let idle = crate::units::parse_duration(parts[0])?;
         let interval = crate::units::parse_duration(parts[1])?;
@@ -29,9 +31,15 @@ impl Keepalive {
             .parse()
             .map_err(|_| format!("'{}' is not a probe count", parts[2]))?;
         if idle < Duration::from_secs(1) || interval < Duration::from_secs(1) || count == 0 {
-            return Err(format!("'{s}': idle and interval must be at least 1s and count at least 1"));
+            return Err(format!(
+                "'{s}': idle and interval must be at least 1s and count at least 1"
+            ));
         }
-        Ok(Some(Keepalive { idle, interval, count }))
+        Ok(Some(Keepalive {
+            idle,
+            interval,
+            count,
+        }))
     }
 }
 
@@ -55,7 +63,7 @@ pub struct EngineConfig {
     /// Per-connection read-count limit (`--message-rate`).
     pub message_rate: Option<BucketSpec>,
     /// Check the per-connection buckets every N reads (EMQX's `active_n`).
-    pub check_every: u32,
+    pub check_every: u16,
     /// Accepts per second per listener (`--max-conn-rate`).
     pub max_conn_rate: Option<BucketSpec>,
     /// io_uring: accept into the ring's fixed-file table (direct descriptors).

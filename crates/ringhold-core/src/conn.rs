@@ -42,11 +42,11 @@ pub struct Conn {
     /// See [`flag`].
     pub flags: u16,
     /// Buffers in `chain`.
-    pub queued: u8,
+    pub queued: u16,
+    /// Reads since the last rate-limit check (`--check-every`).
+    pub reads_since_check: u16,
     /// io_uring operations in flight for this connection.
     pub inflight: u8,
-    /// Reads since the last rate-limit check (`--check-every`).
-    pub reads_since_check: u32,
     /// `--rate-limit` bucket (bytes).
     pub bytes_bucket: Bucket,
     /// `--message-rate` bucket (reads).
@@ -74,7 +74,13 @@ impl Conn {
 
     /// Reading must wait: backpressure, throttle, buffer shortage, closing or FIN seen.
     pub fn read_blocked(&self) -> bool {
-        self.has(flag::BACKPRESSURE | flag::THROTTLED | flag::WAIT_BUFFER | flag::CLOSING | flag::PEER_FIN)
+        self.has(
+            flag::BACKPRESSURE
+                | flag::THROTTLED
+                | flag::WAIT_BUFFER
+                | flag::CLOSING
+                | flag::PEER_FIN,
+        )
     }
 
     /// Echo finished and the peer is gone: time to close with `PeerClosed`.

@@ -45,7 +45,11 @@ pub struct Chain {
 
 impl Default for Chain {
     fn default() -> Self {
-        Chain { head: NIL, tail: NIL, sent: 0 }
+        Chain {
+            head: NIL,
+            tail: NIL,
+            sent: 0,
+        }
     }
 }
 

@@ -34,7 +34,12 @@ impl Slots {
             return None;
         }
         let gen = (c.gen + 1) & GEN_MASK;
-        *c = Conn { gen, last_active, flags: flag::LIVE, ..Conn::default() };
+        *c = Conn {
+            gen,
+            last_active,
+            flags: flag::LIVE,
+            ..Conn::default()
+        };
         self.live += 1;
         Some(gen)
     }
@@ -47,7 +52,9 @@ impl Slots {
     }
 
     pub fn get(&self, idx: u32, gen: u32) -> Option<&Conn> {
-        self.conns.get(idx as usize).filter(|c| c.is_live() && c.gen == gen)
+        self.conns
+            .get(idx as usize)
+            .filter(|c| c.is_live() && c.gen == gen)
     }
 
     /// The live connection in `idx`, whatever its generation.

@@ -11,7 +11,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     if num.is_empty() {
-        return Err(format!("'{s}' is not a size (expected e.g. 2048, 2KiB, 4MiB)"));
+        return Err(format!(
+            "'{s}' is not a size (expected e.g. 2048, 2KiB, 4MiB)"
+        ));
     }
     let n: u64 = num.parse().map_err(|_| format!("'{s}' is too large"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
@@ -19,9 +21,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
-        other => return Err(format!("'{s}': unknown size unit '{other}' (use B, KiB, MiB, GiB)")),
+        other => {
+            return Err(format!(
+                "'{s}': unknown size unit '{other}' (use B, KiB, MiB, GiB)"
+            ))
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("'{s}' is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("'{s}' is too large"))
 }
 
 /// Parses a duration: a whole number with a unit (`ms`, `s`, `m`, `h`); a bare `0` is zero.
@@ -33,7 +40,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     if num.is_empty() {
-        return Err(format!("'{s}' is not a duration (expected e.g. 250ms, 60s, 5m, 1h)"));
+        return Err(format!(
+            "'{s}' is not a duration (expected e.g. 250ms, 60s, 5m, 1h)"
+        ));
     }
     let n: u64 = num.parse().map_err(|_| format!("'{s}' is too large"))?;
     let d = match unit.trim() {
@@ -42,7 +51,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" | "min" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
         "" => return Err(format!("'{s}' needs a unit (ms, s, m, h)")),
-        other => return Err(format!("'{s}': unknown duration unit '{other}' (use ms, s, m, h)")),
+        other => {
+            return Err(format!(
+                "'{s}': unknown duration unit '{other}' (use ms, s, m, h)"
+            ))
+        }
     };
     Ok(d)
 }
@@ -51,7 +64,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub fn parse_pair<'a>(s: &'a str, what: &str) -> Result<(&'a str, &'a str), String> {
     let mut it = s.splitn(2, ',');
     match (it.next(), it.next()) {
-        (Some(a), Some(b)) if !a.trim().is_empty() && !b.trim().is_empty() => Ok((a.trim(), b.trim())),
+        (Some(a), Some(b)) if !a.trim().is_empty() && !b.trim().is_empty() => {
+            Ok((a.trim(), b.trim()))
+        }
         _ => Err(format!("'{s}' is not {what}")),
     }
 }

@@ -58,7 +58,9 @@ impl IdleWheel {
 
     /// Schedules slot `idx` (generation `gen`) last active at `last_active`.
     pub fn schedule(&mut self, idx: u32, gen: u32, last_active: u32) {
-        let deadline = last_active.wrapping_add(self.timeout_ticks).max(self.now + 1);
+        let deadline = last_active
+            .wrapping_add(self.timeout_ticks)
+            .max(self.now + 1);
         let b = self.bucket_of(deadline);
         self.buckets[b].push((idx, gen));
     }

@@ -1,24 +1,21 @@
-//! io_uring engine of ringhold (stub: being written).
+//! The io_uring engine of ringhold.
+//!
+//! One ring per shard, driven from the shard's own thread: multishot accept into the ring's fixed-file
+//! table (direct descriptors: connections take no process fd), multishot receive with buffer select from
+//! a provided buffer ring of small buffers, one echo send in flight per connection sent straight from the
+//! receive buffer, and the buffer recycled the moment that send completes.
+//!
+//! Files: [`ring`] (setup and fallbacks), [`bufring`] (all buffer-ring `unsafe`), [`token`] (the
+//! `user_data` layout), [`shard`] (the loop), [`probe`] (start-up check).
+//!
+//! What it must not do: allocate per message or per idle connection, keep a timer per connection, block,
+//! or know which protocol runs (that is `ringhold_core::protocol`).
 
-use std::io;
+pub mod bufring;
+pub mod probe;
+pub mod ring;
+pub mod shard;
+pub mod token;
 
-use ringhold_core::ShardSpec;
-
-pub struct Shard {
-    _spec: ShardSpec,
-}
-
-impl Shard {
-    pub fn new(spec: ShardSpec) -> io::Result<Shard> {
-        Ok(Shard { _spec: spec })
-    }
-
-    pub fn run(self) -> io::Result<()> {
-        Err(io::Error::other("the io_uring engine is not written yet"))
-    }
-}
-
-/// Checks that io_uring can be used with what ringhold needs; the error names the cause.
-pub fn probe() -> Result<(), String> {
-    Ok(())
-}
+pub use probe::probe;
+pub use shard::Shard;

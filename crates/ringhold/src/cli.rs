@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the echo server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Open and hold many connections against a server, verifying every echoed byte.
     Load(ringhold_load::LoadArgs),
     /// Check the kernel and process limits that stop N connections, and print the fixes.
@@ -72,9 +72,13 @@ fn parse_buffer_size(s: &str) -> Result<u32, String> {
 }
 
 fn parse_buffers(s: &str) -> Result<u16, String> {
-    let n: u32 = s.parse().map_err(|_| format!("'{s}' is not a whole number"))?;
+    let n: u32 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a whole number"))?;
     if !(2..=32768).contains(&n) || !n.is_power_of_two() {
-        return Err(format!("{n} must be a power of two from 2 to 32768 (an io_uring buffer ring)"));
+        return Err(format!(
+            "{n} must be a power of two from 2 to 32768 (an io_uring buffer ring)"
+        ));
     }
     Ok(n as u16)
 }
@@ -169,6 +173,6 @@ pub struct ServeArgs {
 
     /// Check the rate-limit buckets every N reads (EMQX's active_n).
     #[arg(long, env = "RINGHOLD_CHECK_EVERY", default_value_t = 1,
-          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub check_every: u32,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub check_every: u16,
 }

@@ -32,7 +32,11 @@ pub fn bind_all(addr: SocketAddr, n: usize, backlog: i32) -> Result<Vec<TcpListe
 }
 
 fn new_socket(addr: SocketAddr) -> io::Result<Socket> {
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP))?;
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.cloexec(),
+        Some(Protocol::TCP),
+    )?;
     s.set_reuse_address(true)?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
@@ -42,10 +46,14 @@ fn new_socket(addr: SocketAddr) -> io::Result<Socket> {
 
 fn explain(addr: SocketAddr, e: io::Error) -> String {
     let hint = match e.raw_os_error() {
-        Some(libc::EADDRINUSE) => " (another process listens there: stop it or pick another --listen)",
+        Some(libc::EADDRINUSE) => {
+            " (another process listens there: stop it or pick another --listen)"
+        }
         Some(libc::EADDRNOTAVAIL) => " (not an address of this host: check --listen)",
         Some(libc::EACCES) => " (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
-        Some(libc::EMFILE) | Some(libc::ENFILE) => " (out of file descriptors: see `ringhold doctor`)",
+        Some(libc::EMFILE) | Some(libc::ENFILE) => {
+            " (out of file descriptors: see `ringhold doctor`)"
+        }
         _ => "",
     };
     format!("cannot listen on {addr}: {e}{hint}")
@@ -53,5 +61,9 @@ fn explain(addr: SocketAddr, e: io::Error) -> String {
 
 /// net.core.somaxconn, which caps every listen backlog.
 pub fn somaxconn() -> Option<i32> {
-    std::fs::read_to_string("/proc/sys/net/core/somaxconn").ok()?.trim().parse().ok()
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }

@@ -18,14 +18,14 @@ use crate::{listen, rlimit};
 const FD_RESERVE: u64 = 64;
 
 enum AnyShard {
-    Uring(ringhold_uring::Shard),
+    Uring(Box<ringhold_uring::Shard>),
     Epoll(ringhold_epoll::Shard),
 }
 
 impl AnyShard {
     fn new(engine: Engine, spec: ShardSpec) -> io::Result<AnyShard> {
         Ok(match engine {
-            Engine::Uring => AnyShard::Uring(ringhold_uring::Shard::new(spec)?),
+            Engine::Uring => AnyShard::Uring(Box::new(ringhold_uring::Shard::new(spec)?)),
             Engine::Epoll => AnyShard::Epoll(ringhold_epoll::Shard::new(spec)?),
         })
     }
@@ -56,35 +56,51 @@ pub fn run(args: ServeArgs) -> ExitCode {
 
 fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
-    let ncores = thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let ncores = thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let shards = args.shards.map(usize::from).unwrap_or(ncores);
 
-    let (before, nofile) = rlimit::raise_nofile().map_err(|e| format!("cannot read RLIMIT_NOFILE: {e}"))?;
+    let (before, nofile) =
+        rlimit::raise_nofile().map_err(|e| format!("cannot read RLIMIT_NOFILE: {e}"))?;
     if before.soft != nofile.soft {
-        info!("raised RLIMIT_NOFILE soft limit from {} to the hard limit {}", before.soft, nofile.soft);
+        info!(
+            "raised RLIMIT_NOFILE soft limit from {} to the hard limit {}",
+            before.soft, nofile.soft
+        );
     }
 
     if args.engine == Engine::Uring {
         ringhold_uring::probe().map_err(|cause| {
-            format!("io_uring cannot be used: {cause}. Run with --engine epoll to use epoll instead")
+            format!(
+                "io_uring cannot be used: {cause}. Run with --engine epoll to use epoll instead"
+            )
         })?;
     }
 
     let direct = args.engine == Engine::Uring && !args.no_direct_descriptors;
-    let fixed_files = if args.fixed_files > 0 { args.fixed_files as u64 } else { nofile.soft };
+    let fixed_files = if args.fixed_files > 0 {
+        args.fixed_files as u64
+    } else {
+        nofile.soft
+    };
     let (capacity, bound_by) = if direct {
-        (shards as u64 * fixed_files, format!("fixed-file tables: {shards} shards × {fixed_files} slots"))
+        (
+            shards as u64 * fixed_files,
+            format!("fixed-file tables: {shards} shards × {fixed_files} slots"),
+        )
     } else {
         (
             nofile.soft.saturating_sub(FD_RESERVE),
             format!("RLIMIT_NOFILE {} (one fd per connection)", nofile.soft),
         )
     };
-    let (capacity, bound_by) = if args.max_connections > 0 && (args.max_connections as u64) < capacity {
-        (args.max_connections as u64, "--max-connections".to_string())
-    } else {
-        (capacity, bound_by)
-    };
+    let (capacity, bound_by) =
+        if args.max_connections > 0 && (args.max_connections as u64) < capacity {
+            (args.max_connections as u64, "--max-connections".to_string())
+        } else {
+            (capacity, bound_by)
+        };
 
     if let Some(max) = listen::somaxconn() {
         if args.backlog > max {
@@ -115,7 +131,10 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         .map_err(|e| {
             format!(
                 "cannot serve metrics on {}: {e} (pick another --metrics-listen, or `off`)",
-                args.metrics_listen.0.map(|a| a.to_string()).unwrap_or_default()
+                args.metrics_listen
+                    .0
+                    .map(|a| a.to_string())
+                    .unwrap_or_default()
             )
         })?;
 
@@ -164,7 +183,10 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
             Ok((_, Ok(()))) => {}
             Ok((id, Err(e))) => {
                 shared.begin_shutdown();
-                return Err(format!("shard {id} could not start: {e}{}", setup_hint(args.engine, &e)));
+                return Err(format!(
+                    "shard {id} could not start: {e}{}",
+                    setup_hint(args.engine, &e)
+                ));
             }
             Err(_) => return Err("a shard thread died during start-up".into()),
         }
@@ -220,7 +242,9 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
                     error!("shard {id} stopped: {e}");
                     failed = true;
                     shared.begin_shutdown();
-                    deadline.get_or_insert(Instant::now() + args.shutdown_timeout + Duration::from_secs(2));
+                    deadline.get_or_insert(
+                        Instant::now() + args.shutdown_timeout + Duration::from_secs(2),
+                    );
                 }
             }
             Err(RecvTimeoutError::Timeout) => {
@@ -234,7 +258,11 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         let _ = h.join();
     }
     info!("stopped");
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn spawn_signal_thread(tx: crossbeam_channel::Sender<Event>) -> Result<(), String> {

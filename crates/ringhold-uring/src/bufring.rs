@@ -1,0 +1,166 @@
+//! The provided buffer ring: all `unsafe` that touches the buffer ring or the buffer memory lives here.
+//!
+//! One ring per shard: `entries` buffers of `size` bytes in one page-aligned allocation, and a
+//! page-aligned array of `entries` ring slots shared with the kernel (`struct io_uring_buf`). The kernel
+//! picks a buffer for each multishot receive; we give it back (`recycle`) the moment the echo send that
+//! used it completes, and make all recycled buffers visible at once (`publish`) with one release store of
+//! the tail.
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::io;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use io_uring::types::BufRingEntry;
+use io_uring::Submitter;
+
+const PAGE: usize = 4096;
+
+pub struct BufRing {
+    ring: NonNull<BufRingEntry>,
+    ring_layout: Layout,
+    mem: NonNull<u8>,
+    mem_layout: Layout,
+    entries: u16,
+    size: u32,
+    /// Our copy of the tail; published to the kernel by `publish`.
+    tail: u16,
+    published: u16,
+    bgid: u16,
+}
+
+impl BufRing {
+    /// Allocates `entries` (a power of two ≤ 32768) buffers of `size` bytes, all handed to the ring.
+    pub fn new(entries: u16, size: u32, bgid: u16) -> io::Result<BufRing> {
+        if !entries.is_power_of_two() || entries > 32768 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "buffers must be a power of two ≤ 32768",
+            ));
+        }
+        let ring_layout =
+            Layout::from_size_align(entries as usize * std::mem::size_of::<BufRingEntry>(), PAGE)
+                .map_err(io::Error::other)?;
+        let mem_layout = Layout::from_size_align(entries as usize * size as usize, PAGE)
+            .map_err(io::Error::other)?;
+        // SAFETY: both layouts have a non-zero size (entries ≥ 2, size ≥ 64).
+        let ring = NonNull::new(unsafe { alloc_zeroed(ring_layout) }.cast::<BufRingEntry>())
+            .ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
+        // SAFETY: as above. Zeroed so the memory is committed lazily by the kernel (RSS grows only for
+        // buffers actually used).
+        let Some(mem) = NonNull::new(unsafe { alloc_zeroed(mem_layout) }) else {
+            // SAFETY: `ring` was allocated above with `ring_layout`.
+            unsafe { dealloc(ring.as_ptr().cast(), ring_layout) };
+            return Err(io::ErrorKind::OutOfMemory.into());
+        };
+        let mut br = BufRing {
+            ring,
+            ring_layout,
+            mem,
+            mem_layout,
+            entries,
+            size,
+            tail: 0,
+            published: 0,
+            bgid,
+        };
+        for bid in 0..entries {
+            br.recycle(bid);
+        }
+        br.publish();
+        Ok(br)
+    }
+
+    /// Registers the ring with the kernel under buffer group `bgid`.
+    pub fn register(&self, submitter: &Submitter<'_>) -> io::Result<()> {
+        // SAFETY: the ring memory is valid for `entries` slots and lives until `self` is dropped; the
+        // shard drops its io_uring (which unregisters everything) before its BufRing.
+        unsafe {
+            submitter.register_buf_ring_with_flags(
+                self.ring.as_ptr() as u64,
+                self.entries,
+                self.bgid,
+                0,
+            )
+        }
+    }
+
+    pub fn bgid(&self) -> u16 {
+        self.bgid
+    }
+
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    pub fn entries(&self) -> u16 {
+        self.entries
+    }
+
+    /// Gives buffer `bid` back to the kernel (visible after the next `publish`).
+    pub fn recycle(&mut self, bid: u16) {
+        debug_assert!(bid < self.entries);
+        let idx = (self.tail & (self.entries - 1)) as usize;
+        // SAFETY: idx < entries, so the slot is inside the ring allocation. The kernel only reads slots
+        // between its head and the published tail; this one is past the published tail, so we own it.
+        unsafe {
+            let e = &mut *self.ring.as_ptr().add(idx);
+            e.set_addr(self.mem.as_ptr().add(bid as usize * self.size as usize) as u64);
+            e.set_len(self.size);
+            e.set_bid(bid);
+        }
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Publishes every recycled buffer to the kernel with one release store.
+    pub fn publish(&mut self) {
+        if self.published == self.tail {
+            return;
+        }
+        // SAFETY: the tail field overlays `resv` of slot 0, a valid, aligned u16 inside the ring; the
+        // kernel reads it with acquire semantics, so a release store orders our slot writes before it.
+        unsafe {
+            let tail = BufRingEntry::tail(self.ring.as_ptr()) as *const AtomicU16;
+            (*tail).store(self.tail, Ordering::Release);
+        }
+        self.published = self.tail;
+    }
+
+    /// Pointer and length of `len` bytes at `off` in buffer `bid`, for a send.
+    pub fn ptr(&self, bid: u16, off: u32, len: u32) -> *const u8 {
+        debug_assert!(bid < self.entries && off + len <= self.size);
+        // SAFETY: bid < entries and off < size keep the pointer inside the allocation.
+        unsafe {
+            self.mem
+                .as_ptr()
+                .add(bid as usize * self.size as usize + off as usize)
+        }
+    }
+
+    /// The `len` bytes the kernel just received into buffer `bid`.
+    pub fn bytes(&self, bid: u16, len: u32) -> &[u8] {
+        let len = len.min(self.size);
+        // SAFETY: the kernel handed `bid` to us with this completion and will not write it again until we
+        // recycle it; the range lies inside the allocation.
+        unsafe { std::slice::from_raw_parts(self.ptr(bid, 0, len), len as usize) }
+    }
+
+    /// Bytes of buffer memory (for the memory accounting).
+    pub fn memory_bytes(&self) -> usize {
+        self.mem_layout.size() + self.ring_layout.size()
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: both were allocated in `new` with these layouts; the io_uring that used them was dropped
+        // first (field order in the shard), so the kernel no longer touches them.
+        unsafe {
+            dealloc(self.mem.as_ptr(), self.mem_layout);
+            dealloc(self.ring.as_ptr().cast(), self.ring_layout);
+        }
+    }
+}
+
+// SAFETY: the ring is owned by one shard thread; it is only moved to that thread before use.
+unsafe impl Send for BufRing {}

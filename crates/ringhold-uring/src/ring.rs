@@ -1,0 +1,52 @@
+//! Ring setup: SINGLE_ISSUER | DEFER_TASKRUN (completions run only when the shard asks for them, no
+//! inter-processor interrupts), falling back with a logged reason on kernels that refuse it; CQ sized 8×
+//! the SQ so that multishot bursts do not overflow (and the kernel's NODROP keeps overflowed CQEs anyway).
+
+use std::io;
+
+use io_uring::IoUring;
+use tracing::{debug, warn};
+
+/// Submission queue entries per shard.
+pub const SQ_ENTRIES: u32 = 1024;
+/// Completion queue entries per shard (8 × SQ).
+pub const CQ_ENTRIES: u32 = SQ_ENTRIES * 8;
+
+/// Builds a shard's ring; returns it and a name for the setup that worked.
+/// A named ring setup: what to ask the kernel for.
+type Setup = (&'static str, fn(&mut io_uring::Builder));
+
+pub fn build(shard: usize) -> io::Result<(IoUring, &'static str)> {
+    let attempts: [Setup; 3] = [
+        ("single_issuer+defer_taskrun", |b| {
+            b.setup_single_issuer().setup_defer_taskrun();
+        }),
+        ("coop_taskrun", |b| {
+            b.setup_coop_taskrun();
+        }),
+        ("plain", |_| {}),
+    ];
+    let mut last = None;
+    for (name, flags) in attempts {
+        let mut b = IoUring::builder();
+        b.setup_cqsize(CQ_ENTRIES).setup_submit_all();
+        flags(&mut b);
+        match b.build(SQ_ENTRIES) {
+            Ok(ring) => {
+                if last.is_some() {
+                    warn!("shard {shard}: io_uring set up as {name} (richer setups were refused)");
+                } else {
+                    debug!("shard {shard}: io_uring set up as {name}");
+                }
+                return Ok((ring, name));
+            }
+            // EINVAL: a flag this kernel does not know; try the next, simpler setup.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                debug!("shard {shard}: io_uring setup {name} refused: {e}");
+                last = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("io_uring setup failed")))
+}
