@@ -27,7 +27,8 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 PEERS_DIR = BENCH / "peers"
 PEERS_BIN = PEERS_DIR / "target" / "release"
-RINGHOLD_BIN = ROOT / "target" / "release" / "ringhold"
+# The ringhold binary under test: $RINGHOLD_BIN, or the workspace release build.
+RINGHOLD_BIN = Path(os.environ.get("RINGHOLD_BIN") or ROOT / "target" / "release" / "ringhold")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -421,6 +422,14 @@ def cargo_build(manifest_dir: Path, packages: list[str], jobs: int = 2) -> None:
     if r.returncode != 0:
         tail = r.stderr.decode(errors="replace").strip().splitlines()[-15:]
         raise BenchError("build failed:\n" + "\n".join(tail))
+
+
+def build_ringhold() -> None:
+    """Release build of the workspace's ringhold, unless $RINGHOLD_BIN names another binary."""
+    if os.environ.get("RINGHOLD_BIN"):
+        log(f"using RINGHOLD_BIN={RINGHOLD_BIN} (not building)")
+        return
+    cargo_build(ROOT, ["ringhold"])
 
 
 # ---------------------------------------------------------------------------------------------------
