@@ -200,16 +200,36 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def slab_bytes() -> dict[str, int]:
-    """/proc/slabinfo: cache name -> active_objs * objsize (needs root)."""
+def slab_read() -> dict[str, tuple[int, int]]:
+    """/proc/slabinfo: cache name -> (active_objs, objsize). Needs root."""
     out = {}
     with open("/proc/slabinfo") as f:
         for line in f:
             if line.startswith("slabinfo") or line.startswith("#"):
                 continue
             parts = line.split()
-            out[parts[0]] = int(parts[1]) * int(parts[3])
+            out[parts[0]] = (int(parts[1]), int(parts[3]))
     return out
+
+
+def slab_bytes(info: dict[str, tuple[int, int]] | None = None) -> dict[str, int]:
+    """Cache name -> active_objs * objsize."""
+    info = slab_read() if info is None else info
+    return {k: n * size for k, (n, size) in info.items()}
+
+
+def tcp_objects() -> int:
+    """Live IPv4 + IPv6 TCP sockets (slab objects) on the machine."""
+    info = slab_read()
+    return sum(info.get(k, (0, 0))[0] for k in ("TCP", "TCPv6"))
+
+
+def slab_interference(tcp_before: int, tcp_after: int, connections: int) -> float:
+    """How far the TCP socket count moved from the 2 × N this run made (both ends), as a fraction of
+    2 × N: other processes opening or closing sockets meanwhile. 0 = a clean measurement."""
+    if connections <= 0:
+        return 0.0
+    return round((tcp_after - tcp_before - 2 * connections) / (2 * connections), 4)
 
 
 def slab_delta(before: dict[str, int], after: dict[str, int], top: int = 8) -> tuple[int, list]:
@@ -539,8 +559,34 @@ class ClientRun:
                     res = json.loads(text.splitlines()[-1]) if text else None
                 except (ValueError, IndexError, OSError):
                     res = None
+            if res and res.get("schema", "").startswith("ringhold-load/"):
+                res = normalize_load_json(res)
             self.results.append(res or {"error": f"no result (exit {p.returncode}): {w.tail(2)}"})
         return self.results
+
+
+def normalize_load_json(r: dict) -> dict:
+    """Maps a `ringhold load --json` report (schema ringhold-load/1) onto bench-client's keys."""
+    conns = r.get("connections") or {}
+    hb = r.get("heartbeats") or {}
+    fails = r.get("failures") or {}
+    attempted, connected = conns.get("attempted") or 0, conns.get("connected") or 0
+    never = max(0, attempted - connected)
+    hints = "; ".join(f"{k}: {v}" for k, v in (r.get("hints") or {}).items())
+    return {
+        "client": "ringhold-load",
+        "connections": (r.get("config") or {}).get("connections"),
+        "established": connected,
+        "connect_errors": never,
+        "establish_seconds": (r["ramp_us"] / 1e6) if r.get("ramp_us") else None,
+        "lost": max(0, (conns.get("failed") or 0) - never),
+        "messages": hb.get("echoed") or 0,
+        "heartbeats_lost": hb.get("lost") or 0,
+        "mismatches": fails.get("mismatch") or 0,
+        "latency_us": r.get("latency_us"),
+        "first_error": hints or None,
+        "raw": r,
+    }
 
 
 class Client:
@@ -605,42 +651,49 @@ class Client:
         return ClientRun(self.kind, procs, connections, started)
 
 
-def wait_established(run: ClientRun, port: int, want: int, timeout: float,
-                     stall: float = 15.0) -> dict:
+def wait_established(run: ClientRun, port: int, want: int, timeout: float, inuse0: int,
+                     stall: float = 30.0, log_every: float = 0.0, server: "Server | None" = None) -> dict:
     """Waits until `want` connections to `port` are established and accepted.
 
-    Done when every client process reported its `established` line (bench-client), or the kernel shows
-    `want` established server-side sockets (any client); then waits for the listeners' accept queues
-    to drain, i.e. the server has accepted them. Gives up after `timeout`, or when the count has not
-    grown for `stall` seconds. Returns the counts and the time to establish."""
-    deadline = time.monotonic() + timeout
-    last_n, last_change = -1, time.monotonic()
-    n = 0
+    Done when every client process printed its `established N in S s` line (bench-client), or, for a
+    client without such a line, when the machine's TCP sockets in use (`inuse0` before the clients
+    started; both ends count) show `want` more connections and `ss` confirms them server-side. Then
+    waits for the listeners' accept queues to drain, i.e. the server has accepted them. Gives up after
+    `timeout`, when the count has not grown for `stall` seconds, or when all clients exited.
+    (`ss` walks every socket on the machine: it is called rarely, not in the polling loop.)"""
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    last_n, last_change, last_log = -1, t0, t0
+    seconds = None
     while True:
         now = time.monotonic()
-        reports = run.established_reports()
-        if run.kind == "bench-client" and len(reports) == len(run.procs):
+        if run.kind == "bench-client":
+            reports = run.established_reports()
+            if len(reports) == len(run.procs):
+                seconds = max(r[1] for r in reports)
+                break
             n = sum(r[0] for r in reports)
-            seconds = max(r[1] for r in reports)
-            break
-        n = established_to(port)
-        if n >= want:
-            seconds = time.monotonic() - run.started
-            break
+        else:
+            n = max(0, (tcp_inuse() - inuse0) // 2)
+            if n >= want and established_to(port) >= want:
+                seconds = now - run.started
+                break
         if n != last_n:
             last_n, last_change = n, now
+        if log_every and now - last_log >= log_every:
+            log(f"establishing: ~{n} connections after {now - t0:.0f} s")
+            last_log = now
         if now > deadline or now - last_change > stall or run.alive() == 0:
-            seconds = None
             break
-        time.sleep(0.1 if n < 50_000 else 0.5)
-    # The kernel completed the handshakes; now let the server accept what is still queued.
-    q_deadline = time.monotonic() + 30
+        if server is not None and not server.alive():
+            break
+        time.sleep(0.05)
+    q_deadline = time.monotonic() + 60
     queued = accept_queue(port)
     while queued and time.monotonic() < q_deadline:
         time.sleep(0.2)
         queued = accept_queue(port)
-    return {"established": n, "seconds": seconds, "accept_queue_left": queued,
-            "server_side_established": established_to(port)}
+    return {"established": established_to(port), "seconds": seconds, "accept_queue_left": queued}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -662,50 +715,25 @@ def hold_experiment(server_name: str, server_argv: list, connections: int, clien
     samples: list[dict] = []
     try:
         time.sleep(1.0)
-        rss0, slab0, cpu0, inuse0 = srv.rss(), slab_bytes(), srv.cpu(), tcp_inuse()
+        info0 = slab_read()
+        rss0, slab0, cpu0, inuse0 = srv.rss(), slab_bytes(info0), srv.cpu(), tcp_inuse()
+        tcp0 = info0.get("TCP", (0, 0))[0]
         mem0 = meminfo_kib("MemAvailable") * 1024
         log(f"baseline: server RSS {rss0 / 2**20:.1f} MiB, TCP sockets in use {inuse0}")
         # The client's own duration is only a safety bound: this function stops it.
         run = client.start(srv.addr, connections, mode="hold", duration=hold + establish_timeout + 600,
                            heartbeat=heartbeat, connect_rate=connect_rate, tag="client")
 
-        def progress() -> int:
-            return max(0, (tcp_inuse() - inuse0) // 2)
-
-        t0 = time.monotonic()
-        deadline = t0 + establish_timeout
-        last, last_change, last_log = -1, t0, t0
-        seconds = None
-        while True:
-            now = time.monotonic()
-            reports = run.established_reports()
-            if run.kind == "bench-client" and len(reports) == len(run.procs):
-                seconds = max(r[1] for r in reports)
-                break
-            n = progress()
-            if n >= connections and run.kind != "bench-client":
-                # sockstat counts both ends; confirm with the server-side count once.
-                if established_to(srv.port) >= connections:
-                    seconds = now - run.started
-                    break
-            if n != last:
-                last, last_change = n, now
-            if now - last_log >= 5:
-                log(f"establishing: ~{n} connections after {now - t0:.0f} s")
-                last_log = now
-            if now > deadline or now - last_change > 30 or run.alive() == 0 or not srv.alive():
-                break
-            time.sleep(0.2)
-        q_deadline = time.monotonic() + 60
-        while accept_queue(srv.port) and time.monotonic() < q_deadline:
-            time.sleep(0.2)
-        established = established_to(srv.port)
+        est = wait_established(run, srv.port, connections, establish_timeout, inuse0, log_every=5, server=srv)
+        seconds, established = est["seconds"], est["established"]
         cpu_est = srv.cpu()
         log(f"established {established} of {connections} in {seconds if seconds is None else round(seconds, 2)} s")
         time.sleep(settle)
         if not srv.alive():
             raise BenchError(f"{server_name} exited: {srv.out.tail(3)}")
-        rss1, slab1, cpu1 = srv.rss(), slab_bytes(), srv.cpu()
+        info1 = slab_read()
+        rss1, slab1, cpu1 = srv.rss(), slab_bytes(info1), srv.cpu()
+        tcp1 = info1.get("TCP", (0, 0))[0]
         mem1 = meminfo_kib("MemAvailable") * 1024
         hold_start = time.monotonic()
         next_sample = hold_start
@@ -759,6 +787,7 @@ def hold_experiment(server_name: str, server_argv: list, connections: int, clien
         "slab_delta_bytes": slab_total,
         "slab_per_conn_bytes": round(slab_total / per, 1),
         "slab_top": slab_top,
+        "slab_interference": slab_interference(tcp0, tcp1, established),
         "mem_available_delta_per_conn_bytes": round((mem0 - mem1) / per, 1),
         "server_cpu_establish_s": round(cpu_est - cpu0, 3),
         "server_cpu_hold_s": None if cpu2 is None else round(cpu2 - cpu1, 3),
@@ -793,7 +822,8 @@ def hold_markdown(title: str, meta: dict, r: dict, extra: list[str] | None = Non
         f"| never established | {r['not_established']:,} (client connect errors {r['client_connect_errors']:,}) |",
         f"| heartbeats echoed intact (every {r['heartbeat_seconds']:g} s) | {r['heartbeats_ok']:,} (mismatches {r['mismatches']}) |",
         f"| server RSS per connection | {r['rss_per_conn_bytes']:,.1f} B ({(r['rss_after_bytes'] - r['rss_before_bytes']) / 2**20:.1f} MiB for all) |",
-        f"| kernel slab per connection (both ends) | {r['slab_per_conn_bytes']:,.0f} B ({r['slab_delta_bytes'] / 2**20:.1f} MiB) |",
+        f"| kernel slab per connection (both ends) | {r['slab_per_conn_bytes']:,.0f} B ({r['slab_delta_bytes'] / 2**20:.1f} MiB; "
+        f"interference {r['slab_interference']:+.1%}) |",
         f"| MemAvailable drop per connection | {r['mem_available_delta_per_conn_bytes']:,.0f} B |",
         f"| server CPU: establish / hold / total | {r['server_cpu_establish_s']} s / {r['server_cpu_hold_s']} s / {r['server_cpu_total_s']} s |",
         "",
