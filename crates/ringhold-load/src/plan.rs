@@ -1,0 +1,334 @@
+//! Command-line flags of `ringhold load` and the plan derived from them: target, sources, how many
+//! workers (one io_uring each) and how many connections each opens.
+
+use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ringhold_core::units::{parse_duration, parse_size};
+
+use crate::pattern;
+
+#[derive(clap::Args, Debug, Clone)]
+#[command(
+    long_about = "Opens and holds --connections TCP connections to an echo server, sends each a \
+heartbeat every --interval (or --rate messages per second in total) and verifies every echoed byte. \
+Connections use io_uring direct descriptors, so one process holds far more connections than its fd limit \
+(RLIMIT_NOFILE bounds each ring's fixed-file table, not the total). Exits 0 when every connection was \
+made and held and every heartbeat came back intact, 1 otherwise, 2 on a usage or setup error."
+)]
+pub struct LoadArgs {
+    /// Server to connect to (host:port).
+    #[arg(long, env = "RINGHOLD_TARGET", default_value = "127.0.0.1:7000")]
+    pub target: String,
+
+    /// Connections to open and hold.
+    #[arg(
+        long,
+        short = 'c',
+        env = "RINGHOLD_CONNECTIONS",
+        default_value_t = 1000
+    )]
+    pub connections: u32,
+
+    /// Ramp-up: new connections per second over all workers (e.g. 20000 or 20000/s; 0 = as fast as
+    /// the --max-pending limit allows).
+    #[arg(long, env = "RINGHOLD_CONNECT_RATE", default_value = "0", value_parser = parse_rate)]
+    pub connect_rate: f64,
+
+    /// Source addresses to connect from: a range (127.0.0.2-127.0.3.255), one address, or a count K
+    /// (K addresses from 127.0.0.2 on). Each source has its own ephemeral port range (sockets are bound
+    /// with IP_BIND_ADDRESS_NO_PORT), about 28,000 connections per source and target. Default: the
+    /// kernel picks the source.
+    #[arg(long, env = "RINGHOLD_SOURCES", value_parser = parse_sources)]
+    pub sources: Option<Sources>,
+
+    /// Heartbeat size (at least 8 bytes: connection id and sequence number, then a checked pattern).
+    #[arg(long, env = "RINGHOLD_MESSAGE_SIZE", default_value = "64", value_parser = parse_size)]
+    pub message_size: u64,
+
+    /// Each connection sends one heartbeat per interval and checks its echo (0 = hold the connections
+    /// idle, send nothing).
+    #[arg(long, env = "RINGHOLD_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+
+    /// Constant total heartbeats per second over all connections, instead of --interval (each
+    /// connection then sends every connections/rate seconds). Latency is measured from the scheduled
+    /// send time, corrected for coordinated omission.
+    #[arg(long, env = "RINGHOLD_RATE", value_parser = parse_rate)]
+    pub rate: Option<f64>,
+
+    /// How long to run, ramp-up included; then outstanding echoes get up to --echo-timeout.
+    #[arg(long, env = "RINGHOLD_DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// A connect that takes longer counts as timed out.
+    #[arg(long, env = "RINGHOLD_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// An echo that takes longer counts as timed out (and its connection is closed).
+    #[arg(long, env = "RINGHOLD_ECHO_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub echo_timeout: Duration,
+
+    /// Also write the results as JSON to this file (schema: crates/ringhold-load/README.md).
+    #[arg(long, env = "RINGHOLD_JSON")]
+    pub json: Option<PathBuf>,
+
+    /// Worker threads, one io_uring each (0 = one per CPU). Raised when needed: each ring's
+    /// fixed-file table holds at most RLIMIT_NOFILE connections.
+    #[arg(long, env = "RINGHOLD_WORKERS", default_value_t = 0)]
+    pub workers: u32,
+
+    /// Connects in flight per worker at most.
+    #[arg(long, env = "RINGHOLD_MAX_PENDING", default_value_t = 512)]
+    pub max_pending: u32,
+
+    /// How sockets are made: `ring` (IORING_OP_SOCKET into a fixed slot, then SETSOCKOPT and BIND as
+    /// io_uring ops; Linux 6.11+), `syscall` (socket/setsockopt/bind, then register the fd into the
+    /// ring's table and close it), `auto` (ring when the kernel has IORING_OP_BIND).
+    #[arg(long, env = "RINGHOLD_SETUP", value_enum, default_value = "auto")]
+    pub setup: SetupMode,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetupMode {
+    Auto,
+    Ring,
+    Syscall,
+}
+
+/// A list of IPv4 source addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sources(pub Vec<Ipv4Addr>);
+
+const MAX_SOURCES: u32 = 1 << 16;
+
+/// `127.0.0.2-127.0.3.255`, `127.0.0.9`, or a count `K` (K addresses from 127.0.0.2).
+pub fn parse_sources(s: &str) -> Result<Sources, String> {
+    let t = s.trim();
+    if let Ok(k) = t.parse::<u32>() {
+        if k == 0 || k > MAX_SOURCES {
+            return Err(format!(
+                "'{s}': the count of sources must be 1..={MAX_SOURCES}"
+            ));
+        }
+        let first = u32::from(Ipv4Addr::new(127, 0, 0, 2));
+        return Ok(Sources((first..first + k).map(Ipv4Addr::from).collect()));
+    }
+    let (a, b) = match t.split_once('-') {
+        Some((a, b)) => (a.trim(), b.trim()),
+        None => (t, t),
+    };
+    let parse = |x: &str| {
+        x.parse::<Ipv4Addr>()
+            .map_err(|_| format!("'{s}' is not a source range (expected e.g. 127.0.0.2-127.0.3.255, 127.0.0.5 or a count)"))
+    };
+    let (a, b) = (u32::from(parse(a)?), u32::from(parse(b)?));
+    if b < a {
+        return Err(format!("'{s}': the range ends before it starts"));
+    }
+    if b - a >= MAX_SOURCES {
+        return Err(format!("'{s}': at most {MAX_SOURCES} sources"));
+    }
+    Ok(Sources((a..=b).map(Ipv4Addr::from).collect()))
+}
+
+/// `5000`, `5000/s` or `2.5` (per second).
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let t = t.strip_suffix("/s").unwrap_or(t).trim();
+    match t.parse::<f64>() {
+        Ok(r) if r.is_finite() && r >= 0.0 => Ok(r),
+        _ => Err(format!(
+            "'{s}' is not a rate (expected e.g. 20000 or 20000/s)"
+        )),
+    }
+}
+
+/// Everything the workers need, derived once from the flags.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub target: SocketAddr,
+    pub connections: u32,
+    pub sources: Vec<Ipv4Addr>,
+    pub message_size: usize,
+    /// Heartbeat period per connection (None: hold idle).
+    pub period: Option<Duration>,
+    pub rate: Option<f64>,
+    pub duration: Duration,
+    pub connect_rate: f64,
+    pub connect_timeout: Duration,
+    pub echo_timeout: Duration,
+    pub workers: u32,
+    /// Fixed-file slots per ring (the most connections one worker opens).
+    pub slots_per_ring: u32,
+    pub max_pending: u32,
+    pub setup: SetupMode,
+    /// Notes for the user (e.g. why there are more workers than asked for).
+    pub notes: Vec<String>,
+}
+
+/// Ephemeral ports per source address and target: net.ipv4.ip_local_port_range.
+pub fn local_port_span() -> Option<u32> {
+    let s = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut it = s.split_whitespace().map(|x| x.parse::<u32>().ok());
+    let (lo, hi) = (it.next()??, it.next()??);
+    Some(hi.saturating_sub(lo) + 1)
+}
+
+impl Plan {
+    /// `table_max` is the most slots one ring's fixed-file table may have (RLIMIT_NOFILE soft limit).
+    pub fn new(a: &LoadArgs, table_max: u32, cpus: u32) -> Result<Plan, String> {
+        let target = a
+            .target
+            .to_socket_addrs()
+            .map_err(|e| format!("--target {}: {e}", a.target))?
+            .next()
+            .ok_or_else(|| format!("--target {}: no address", a.target))?;
+        if a.connections == 0 {
+            return Err("--connections must be at least 1".into());
+        }
+        let sources = a.sources.clone().map(|s| s.0).unwrap_or_default();
+        if !sources.is_empty() && target.is_ipv6() {
+            return Err("--sources are IPv4 addresses but --target is IPv6".into());
+        }
+        let message_size = usize::try_from(a.message_size).unwrap_or(usize::MAX);
+        if !(pattern::MIN_SIZE..=(1 << 20)).contains(&message_size) {
+            return Err(format!(
+                "--message-size must be {} B..1 MiB",
+                pattern::MIN_SIZE
+            ));
+        }
+        let period = match a.rate {
+            Some(r) if r > 0.0 => Some(Duration::from_secs_f64(f64::from(a.connections) / r)),
+            Some(_) => {
+                return Err("--rate must be above 0 (use --interval 0 to send nothing)".into())
+            }
+            None if a.interval.is_zero() => None,
+            None => Some(a.interval),
+        };
+        if a.duration.is_zero() {
+            return Err("--duration must be above 0".into());
+        }
+        if a.connect_timeout.is_zero() || a.echo_timeout.is_zero() {
+            return Err("--connect-timeout and --echo-timeout must be above 0".into());
+        }
+        if a.max_pending == 0 {
+            return Err("--max-pending must be at least 1".into());
+        }
+        let table_max = table_max.clamp(1, 1 << 20);
+        let mut notes = Vec::new();
+        let asked = if a.workers == 0 {
+            cpus.max(1)
+        } else {
+            a.workers
+        };
+        let needed = a.connections.div_ceil(table_max);
+        let workers = asked.max(needed).min(a.connections).min(4096);
+        if workers > asked {
+            notes.push(format!(
+                "using {workers} workers (asked for {asked}): each io_uring fixed-file table holds at most \
+                 {table_max} connections (RLIMIT_NOFILE)"
+            ));
+        }
+        let slots_per_ring = a.connections.div_ceil(workers);
+        if let Some(span) = local_port_span() {
+            let n_src = sources.len().max(1) as u64;
+            if u64::from(a.connections) > n_src * u64::from(span) {
+                notes.push(format!(
+                    "{} connections from {n_src} source address(es) need more than the {span} ephemeral ports \
+                     per source: expect 'no address' failures; use --sources {}",
+                    a.connections,
+                    u64::from(a.connections).div_ceil(u64::from(span) * 9 / 10)
+                ));
+            }
+        }
+        Ok(Plan {
+            target,
+            connections: a.connections,
+            sources,
+            message_size,
+            period,
+            rate: a.rate,
+            duration: a.duration,
+            connect_rate: a.connect_rate,
+            connect_timeout: a.connect_timeout,
+            echo_timeout: a.echo_timeout,
+            workers,
+            slots_per_ring,
+            max_pending: a.max_pending,
+            setup: a.setup,
+            notes,
+        })
+    }
+
+    /// How many connections worker `w` opens: global connection k goes to worker k % workers.
+    pub fn quota(&self, w: u32) -> u32 {
+        let (n, k) = (self.connections, self.workers);
+        n / k + u32::from(w < n % k)
+    }
+
+    /// Source address of the i-th connection of worker `w` (sources are spread over all connections).
+    pub fn source_index(&self, w: u32, i: u32) -> Option<usize> {
+        if self.sources.is_empty() {
+            return None;
+        }
+        let global = u64::from(i) * u64::from(self.workers) + u64::from(w);
+        Some((global % self.sources.len() as u64) as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources() {
+        let s = parse_sources("4").unwrap().0;
+        assert_eq!(s.len(), 4);
+        assert_eq!(s[0], Ipv4Addr::new(127, 0, 0, 2));
+        assert_eq!(s[3], Ipv4Addr::new(127, 0, 0, 5));
+        let s = parse_sources("127.0.0.2-127.0.3.255").unwrap().0;
+        assert_eq!(s.len(), 254 + 3 * 256);
+        assert_eq!(s.last(), Some(&Ipv4Addr::new(127, 0, 3, 255)));
+        assert_eq!(
+            parse_sources("127.0.0.9").unwrap().0,
+            vec![Ipv4Addr::new(127, 0, 0, 9)]
+        );
+        assert!(parse_sources("0").is_err());
+        assert!(parse_sources("127.0.0.9-127.0.0.2").is_err());
+        assert!(parse_sources("localhost").is_err());
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("20000/s").unwrap(), 20000.0);
+        assert_eq!(parse_rate("2.5").unwrap(), 2.5);
+        assert!(parse_rate("-1").is_err());
+        assert!(parse_rate("fast").is_err());
+    }
+
+    fn args(connections: u32, workers: u32) -> LoadArgs {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct T {
+            #[command(flatten)]
+            a: LoadArgs,
+        }
+        let c = connections.to_string();
+        let w = workers.to_string();
+        T::parse_from(["t", "--connections", &c, "--workers", &w]).a
+    }
+
+    #[test]
+    fn workers_grow_with_the_table_limit_and_quotas_add_up() {
+        let p = Plan::new(&args(1_000_000, 2), 20_000, 2).unwrap();
+        assert_eq!(p.workers, 50);
+        assert!(p.slots_per_ring <= 20_000);
+        assert_eq!((0..p.workers).map(|w| p.quota(w)).sum::<u32>(), 1_000_000);
+        let p = Plan::new(&args(1001, 4), 20_000, 2).unwrap();
+        assert_eq!(p.workers, 4);
+        assert_eq!((0..4).map(|w| p.quota(w)).sum::<u32>(), 1001);
+        assert!((0..4).all(|w| p.quota(w) <= p.slots_per_ring));
+    }
+}

@@ -1,0 +1,128 @@
+//! Socket addresses in kernel form, and the `--setup syscall` path: make a socket with plain system
+//! calls, bind it to its source, register it into the ring's fixed-file table and close the process
+//! fd, so that the connection holds no process fd however many there are.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use io_uring::IoUring;
+
+/// A socket address as the kernel reads it. Kept at a stable address for as long as operations
+/// that point to it may be prepared.
+#[derive(Clone, Copy)]
+pub struct RawAddr {
+    pub storage: libc::sockaddr_storage,
+    pub len: libc::socklen_t,
+}
+
+impl RawAddr {
+    pub fn new(addr: SocketAddr) -> RawAddr {
+        // SAFETY: sockaddr_storage is plain old data; all zeroes is a valid value.
+        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let len = match addr {
+            SocketAddr::V4(a) => {
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: a.port().to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(a.ip().octets()),
+                    },
+                    sin_zero: [0; 8],
+                };
+                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+                unsafe {
+                    std::ptr::write(
+                        std::ptr::addr_of_mut!(storage).cast::<libc::sockaddr_in>(),
+                        sin,
+                    )
+                };
+                std::mem::size_of::<libc::sockaddr_in>()
+            }
+            SocketAddr::V6(a) => {
+                let sin6 = libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: a.port().to_be(),
+                    sin6_flowinfo: a.flowinfo(),
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: a.ip().octets(),
+                    },
+                    sin6_scope_id: a.scope_id(),
+                };
+                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+                unsafe {
+                    std::ptr::write(
+                        std::ptr::addr_of_mut!(storage).cast::<libc::sockaddr_in6>(),
+                        sin6,
+                    )
+                };
+                std::mem::size_of::<libc::sockaddr_in6>()
+            }
+        };
+        RawAddr {
+            storage,
+            len: len as libc::socklen_t,
+        }
+    }
+
+    pub fn source(ip: Ipv4Addr) -> RawAddr {
+        RawAddr::new(SocketAddr::new(ip.into(), 0))
+    }
+
+    pub fn as_ptr(&self) -> *const libc::sockaddr {
+        std::ptr::addr_of!(self.storage).cast()
+    }
+
+    pub fn domain(&self) -> i32 {
+        i32::from(self.storage.ss_family)
+    }
+}
+
+/// The int `1`, for setsockopt operations that read it when they run.
+pub static ONE: libc::c_int = 1;
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Makes a socket for `domain`, binds it to `source` (address only, port chosen at connect) and puts
+/// it into fixed-file slot `slot` of `ring`. The process fd is closed before returning.
+pub fn socket_into_slot(
+    ring: &IoUring,
+    slot: u32,
+    domain: i32,
+    source: Option<&RawAddr>,
+) -> io::Result<()> {
+    // SAFETY: plain syscall; the result is checked.
+    let fd = cvt(unsafe {
+        libc::socket(
+            domain,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    })?;
+    // SAFETY: fd was just returned by socket() and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    if let Some(src) = source {
+        // SAFETY: optval points to a live c_int of the given length.
+        cvt(unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                std::ptr::addr_of!(ONE).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        })?;
+        // SAFETY: the address points to `len` valid bytes.
+        cvt(unsafe { libc::bind(fd.as_raw_fd(), src.as_ptr(), src.len) })?;
+    }
+    ring.submitter()
+        .register_files_update(slot, &[fd.as_raw_fd()])?;
+    drop(fd); // the ring holds its own reference now
+    Ok(())
+}

@@ -1,0 +1,435 @@
+//! One worker: a thread with its own io_uring, fixed-file table and provided buffer ring, opening
+//! and holding its share of the connections.
+//!
+//! A connection's fixed-file slot is its index in `conns`; slots are never reused within a run (a
+//! failed connection stays failed), so completions need no generation. `user_data` is `op:8 | index:32`
+//! where index is the slot, or the send buffer for `OP_SEND`.
+//!
+//! Per connection the worker keeps a 24-byte `Conn` and one 16-byte schedule entry; receive memory
+//! is the shared buffer ring, send memory a small pool of in-flight heartbeats.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::types::{SubmitArgs, Timespec};
+use io_uring::{opcode, squeue, IoUring};
+
+use crate::bufring::BufRing;
+use crate::plan::{Plan, SetupMode};
+use crate::setup::RawAddr;
+use crate::stats::{self, Counts, Shared};
+
+mod conn;
+
+const OP_SOCKET: u8 = 1;
+const OP_SETSOCKOPT: u8 = 2;
+const OP_BIND: u8 = 3;
+const OP_CONNECT: u8 = 4;
+const OP_LINK_TIMEOUT: u8 = 5;
+const OP_RECV: u8 = 6;
+const OP_SEND: u8 = 7;
+const OP_SHUTDOWN: u8 = 8;
+const OP_CLOSE: u8 = 9;
+
+fn ud(op: u8, idx: u32) -> u64 {
+    (u64::from(op) << 56) | u64::from(idx)
+}
+
+fn ud_split(u: u64) -> (u8, u32) {
+    ((u >> 56) as u8, u as u32)
+}
+
+// Connection states (0: not started yet).
+const ST_CONNECTING: u8 = 1;
+const ST_OPEN: u8 = 2;
+/// Failed (counted once); waiting for its operations to end before the slot is closed.
+const ST_DEAD: u8 = 3;
+const ST_CLOSED: u8 = 4;
+
+// Connection flags.
+const F_RECV: u8 = 1 << 0;
+const F_SEND: u8 = 1 << 1;
+const F_AWAIT: u8 = 1 << 2;
+const F_SHUTDOWN: u8 = 1 << 3;
+const F_CLOSING: u8 = 1 << 4;
+const F_SETUP_FAILED: u8 = 1 << 5;
+
+#[derive(Clone, Copy, Default)]
+struct Conn {
+    state: u8,
+    flags: u8,
+    /// Sequence number of the last heartbeat sent.
+    seq: u32,
+    /// Bytes of its echo verified so far.
+    got: u32,
+    /// When it was scheduled to go out (µs since start): latency is measured from here.
+    intended_us: u64,
+}
+
+/// Next heartbeat of a connection. Pushed in time order, so the queue stays sorted.
+#[derive(Clone, Copy)]
+struct Due {
+    at_us: u64,
+    slot: u32,
+}
+
+/// Echo deadline of one heartbeat. Pushed in send order, so the queue stays sorted.
+#[derive(Clone, Copy)]
+struct Deadline {
+    at_us: u64,
+    slot: u32,
+    seq: u32,
+}
+
+struct SendBuf {
+    data: Box<[u8]>,
+    slot: u32,
+    off: u32,
+}
+
+pub struct Setup {
+    pub id: u32,
+    pub plan: Arc<Plan>,
+    pub shared: Shared,
+    pub stop: Arc<AtomicBool>,
+}
+
+pub struct Worker {
+    // Field order matters: the ring is dropped (closed) before the memory its operations point to.
+    ring: IoUring,
+    bufs: BufRing,
+    id: u32,
+    plan: Arc<Plan>,
+    shared: Shared,
+    stop: Arc<AtomicBool>,
+    setup_in_ring: bool,
+    target: RawAddr,
+    sources: Vec<RawAddr>,
+    connect_ts: Timespec,
+    quota: u32,
+    next: u32,
+    conns: Vec<Conn>,
+    sched: VecDeque<Due>,
+    deadlines: VecDeque<Deadline>,
+    sends: Vec<SendBuf>,
+    free_sends: Vec<u32>,
+    /// Chains that did not fit into the submission queue (rare; flushed first every pass).
+    backlog: VecDeque<Vec<squeue::Entry>>,
+    cq_batch: Vec<(u64, i32, u32)>,
+    /// Latencies (µs) recorded since the last publish.
+    lat: Vec<u64>,
+    c: Counts,
+    start: Instant,
+    period_us: u64,
+    per_worker_rate: f64,
+    draining: bool,
+    /// io_uring_enter failed for good: leave the loop.
+    broken: bool,
+    bufs_dirty: bool,
+}
+
+/// Creates the worker's ring (in the thread that will use it).
+pub fn build(s: Setup) -> Result<Worker, String> {
+    let plan = s.plan;
+    let quota = plan.quota(s.id);
+    let ring = new_ring().map_err(|e| {
+        format!("io_uring setup failed: {e} (is io_uring disabled? see kernel.io_uring_disabled)")
+    })?;
+    ring.submitter().register_files_sparse(quota.max(1)).map_err(|e| {
+        format!(
+            "registering a fixed-file table of {quota} slots: {e} (each table is bounded by RLIMIT_NOFILE; use more --workers)"
+        )
+    })?;
+    let setup_in_ring = match plan.setup {
+        SetupMode::Ring => true,
+        SetupMode::Syscall => false,
+        SetupMode::Auto => supports_ring_setup(&ring),
+    };
+    // Small buffers (one heartbeat each), a few thousand at most, 1 MiB per worker at most.
+    let buf_size = plan.message_size.clamp(64, 4096);
+    let by_mem = (1usize << 20) / buf_size;
+    let by_mem = 1usize << (usize::BITS - 1 - by_mem.leading_zeros());
+    let count = (quota as usize)
+        .next_power_of_two()
+        .clamp(64, 4096)
+        .min(by_mem);
+    let count = u16::try_from(count).unwrap_or(4096);
+    let bufs = BufRing::new(count, buf_size, 0).map_err(|e| format!("buffer ring: {e}"))?;
+    bufs.register(&ring)
+        .map_err(|e| format!("registering the buffer ring: {e} (needs Linux 5.19+)"))?;
+    let period_us = plan.period.map_or(0, |p| p.as_micros().max(1) as u64);
+    let per_worker_rate = plan.connect_rate / f64::from(plan.workers);
+    Ok(Worker {
+        ring,
+        bufs,
+        id: s.id,
+        target: RawAddr::new(plan.target),
+        sources: plan.sources.iter().map(|ip| RawAddr::source(*ip)).collect(),
+        connect_ts: Timespec::from(plan.connect_timeout),
+        quota,
+        next: 0,
+        conns: vec![Conn::default(); quota as usize],
+        sched: VecDeque::new(),
+        deadlines: VecDeque::new(),
+        sends: Vec::new(),
+        free_sends: Vec::new(),
+        backlog: VecDeque::new(),
+        cq_batch: Vec::with_capacity(1024),
+        lat: Vec::new(),
+        c: Counts::default(),
+        start: Instant::now(),
+        period_us,
+        per_worker_rate,
+        draining: false,
+        broken: false,
+        bufs_dirty: false,
+        setup_in_ring,
+        plan,
+        shared: s.shared,
+        stop: s.stop,
+    })
+}
+
+fn new_ring() -> io::Result<IoUring> {
+    const SQ: u32 = 1024;
+    const CQ: u32 = 8 * SQ;
+    IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_cqsize(CQ)
+        .build(SQ)
+        .or_else(|_| {
+            IoUring::builder()
+                .setup_coop_taskrun()
+                .setup_cqsize(CQ)
+                .build(SQ)
+        })
+        .or_else(|_| IoUring::builder().setup_cqsize(CQ).build(SQ))
+}
+
+/// IORING_OP_SOCKET (5.19) and IORING_OP_BIND (6.11); socket setsockopt commands came in 6.7.
+fn supports_ring_setup(ring: &IoUring) -> bool {
+    let mut probe = io_uring::Probe::new();
+    ring.submitter().register_probe(&mut probe).is_ok()
+        && probe.is_supported(opcode::Socket::CODE)
+        && probe.is_supported(opcode::Bind::CODE)
+}
+
+/// Whether this kernel lets `--setup auto` make sockets inside the ring.
+pub fn ring_setup_available() -> bool {
+    IoUring::new(8)
+        .map(|r| supports_ring_setup(&r))
+        .unwrap_or(false)
+}
+
+impl Worker {
+    fn now_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+
+    fn conn_id(&self, slot: u32) -> u32 {
+        (self.id << 20) | slot
+    }
+
+    /// Runs until the duration is over and the drain has ended. `start` is shared by all workers.
+    pub fn run(mut self, start: Instant) {
+        self.start = start;
+        let duration_us = self.plan.duration.as_micros() as u64;
+        let drain_us = self
+            .plan
+            .connect_timeout
+            .max(self.plan.echo_timeout)
+            .as_micros() as u64
+            + 1_000_000;
+        let mut last_publish = 0u64;
+        let mut drain_end = u64::MAX;
+        loop {
+            let now = self.now_us();
+            if !self.draining && (now >= duration_us || self.stop.load(Ordering::Relaxed)) {
+                self.draining = true;
+                drain_end = now.saturating_add(drain_us);
+            }
+            if self.broken
+                || self.draining
+                    && (self.c.pending == 0 && self.c.outstanding == 0 || now >= drain_end)
+            {
+                break;
+            }
+            self.flush_backlog();
+            if !self.draining {
+                self.start_connects(now);
+                self.send_due(now);
+            }
+            self.expire_echoes(now);
+            self.check_ramp(now);
+            if now >= last_publish + 100_000 {
+                self.publish(false);
+                last_publish = now;
+            }
+            let wake = self.next_wake(now, duration_us, drain_end, last_publish);
+            self.wait(wake.saturating_sub(self.now_us()));
+            self.reap();
+        }
+        self.publish(true);
+        // The kernel may still touch the buffer ring while it tears the io_uring down after close;
+        // the process ends soon after the workers, so leak it rather than race that.
+        let Worker { ring, bufs, .. } = self;
+        drop(ring);
+        std::mem::forget(bufs);
+    }
+
+    fn next_wake(&self, now: u64, duration_us: u64, drain_end: u64, last_publish: u64) -> u64 {
+        let mut wake = last_publish + 100_000;
+        if !self.draining {
+            wake = wake.min(duration_us);
+            if let Some(d) = self.sched.front() {
+                wake = wake.min(d.at_us);
+            }
+            if self.next < self.quota
+                && self.c.pending < u64::from(self.plan.max_pending)
+                && self.per_worker_rate > 0.0
+            {
+                let t = (f64::from(self.next) / self.per_worker_rate * 1e6) as u64;
+                wake = wake.min(t);
+            }
+        } else {
+            wake = wake.min(drain_end);
+        }
+        if let Some(d) = self.deadlines.front() {
+            wake = wake.min(d.at_us);
+        }
+        wake.max(now)
+    }
+
+    /// Submits what is queued and waits up to `timeout_us` for at least one completion.
+    fn wait(&mut self, timeout_us: u64) {
+        let ts = Timespec::from(Duration::from_micros(timeout_us.max(1)));
+        let args = SubmitArgs::new().timespec(&ts);
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+                ) => {}
+            Err(e) => {
+                // Nothing sensible to retry with: stop this worker (the others finish normally) and
+                // let its unfinished connections show in the summary.
+                eprintln!(
+                    "ringhold load: worker {}: io_uring_enter failed: {e}; stopping this worker",
+                    self.id
+                );
+                self.broken = true;
+            }
+        }
+    }
+
+    /// Takes all completions and handles them.
+    fn reap(&mut self) {
+        let mut batch = std::mem::take(&mut self.cq_batch);
+        loop {
+            batch.clear();
+            batch.extend(
+                self.ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
+            if batch.is_empty() {
+                break;
+            }
+            for &(u, res, flags) in &batch {
+                self.complete(u, res, flags);
+            }
+            if self.bufs_dirty {
+                self.bufs.publish();
+                self.bufs_dirty = false;
+            }
+        }
+        self.cq_batch = batch;
+    }
+
+    fn push(&mut self, chain: &[squeue::Entry]) {
+        if self.backlog.is_empty() {
+            // SAFETY: every entry points only to memory that outlives the operation: the worker's
+            // addresses, timespec and buffers, the static ONE, or send buffers freed on completion.
+            if unsafe { self.ring.submission().push_multiple(chain) }.is_ok() {
+                return;
+            }
+            let _ = self.ring.submit();
+            // SAFETY: as above.
+            if unsafe { self.ring.submission().push_multiple(chain) }.is_ok() {
+                return;
+            }
+        }
+        self.backlog.push_back(chain.to_vec());
+    }
+
+    fn flush_backlog(&mut self) {
+        while let Some(chain) = self.backlog.front() {
+            // SAFETY: see `push`.
+            if unsafe { self.ring.submission().push_multiple(chain) }.is_err() {
+                if self.ring.submit().is_err() {
+                    return;
+                }
+                // SAFETY: see `push`.
+                if unsafe { self.ring.submission().push_multiple(chain) }.is_err() {
+                    return;
+                }
+            }
+            self.backlog.pop_front();
+        }
+    }
+
+    fn start_connects(&mut self, now: u64) {
+        let allowed = if self.per_worker_rate > 0.0 {
+            ((now as f64 / 1e6 * self.per_worker_rate) as u64 + 1).min(u64::from(self.quota)) as u32
+        } else {
+            self.quota
+        };
+        while self.next < allowed && self.c.pending < u64::from(self.plan.max_pending) {
+            let slot = self.next;
+            self.next += 1;
+            self.c.attempted += 1;
+            self.start_connect(slot);
+        }
+    }
+
+    fn publish(&mut self, finished: bool) {
+        let mut p = stats::lock(&self.shared);
+        p.counts = self.c;
+        let period = self.period_us;
+        for &v in &self.lat {
+            let v = v.min(stats::MAX_LATENCY_US);
+            let r = if period > 0 {
+                p.hist.record_correct(v, period)
+            } else {
+                p.hist.record(v)
+            };
+            // Values are clamped into the histogram's range, so recording cannot fail.
+            let _ = r;
+        }
+        self.lat.clear();
+        p.finished = finished;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_data_round_trips() {
+        for (op, idx) in [(OP_SOCKET, 0), (OP_SEND, u32::MAX), (OP_CLOSE, 19_999)] {
+            assert_eq!(ud_split(ud(op, idx)), (op, idx));
+        }
+    }
+
+    #[test]
+    fn conn_is_small() {
+        assert!(std::mem::size_of::<Conn>() <= 24);
+        assert!(std::mem::size_of::<Due>() <= 16);
+    }
+}
