@@ -529,6 +529,24 @@ class ClientRun:
                 out.append((int(ms[-1].group(1)), float(ms[-1].group(2))))
         return out
 
+    def connected(self) -> int:
+        """Connections the clients say they made so far (their progress lines)."""
+        if self.kind == "bench-client":
+            return sum(r[0] for r in self.established_reports())
+        total = 0
+        for _, w, _ in self.procs:
+            ms = w.find_all(r"connected (\d+)/(\d+)")
+            if ms:
+                total += int(ms[-1].group(1))
+        return total
+
+    def establish_seconds(self) -> float | None:
+        """After stop(): the clients' own time to establish (the slowest process), if they report one."""
+        vals = [r.get("establish_seconds") for r in self.results if isinstance(r, dict)]
+        if not vals or any(v is None for v in vals):
+            return None
+        return max(vals)
+
     def stop(self, sig: int = signal.SIGTERM, grace: float = 30.0) -> list[dict]:
         for p, _, _ in self.procs:
             if p.poll() is None:
@@ -622,8 +640,8 @@ class Client:
                 raise BenchError("ringhold load has no closed-loop ping-pong mode; use bench-client")
             return [str(RINGHOLD_BIN), "load", "--target", target, "--connections", str(n),
                     "--sources", f"{first}-{last}", "--connect-rate", f"{connect_rate:g}",
-                    "--message-size", str(message_size), "--interval", f"{heartbeat:g}s",
-                    "--duration", f"{duration:g}s", "--json", str(json_path)]
+                    "--message-size", str(message_size), "--interval", f"{round(heartbeat * 1000)}ms",
+                    "--duration", f"{round(duration * 1000)}ms", "--json", str(json_path)]
         return [str(PEERS_BIN / "bench-client"), "--target", target, "--connections", str(n),
                 "--mode", mode, "--sources", str(self.sources), "--source-base", self.source_base,
                 "--connect-rate", f"{connect_rate:g}", "--message-size", str(message_size),
@@ -663,7 +681,7 @@ def wait_established(run: ClientRun, port: int, want: int, timeout: float, inuse
     (`ss` walks every socket on the machine: it is called rarely, not in the polling loop.)"""
     t0 = time.monotonic()
     deadline = t0 + timeout
-    last_n, last_change, last_log = -1, t0, t0
+    last_n, last_change, last_log, last_ss = -1, t0, t0, 0.0
     seconds = None
     while True:
         now = time.monotonic()
@@ -674,10 +692,13 @@ def wait_established(run: ClientRun, port: int, want: int, timeout: float, inuse
                 break
             n = sum(r[0] for r in reports)
         else:
-            n = max(0, (tcp_inuse() - inuse0) // 2)
-            if n >= want and established_to(port) >= want:
-                seconds = now - run.started
-                break
+            # Cheap estimates first (sockets in use, the client's progress lines); ss to confirm.
+            n = max(run.connected(), (tcp_inuse() - inuse0) // 2)
+            if n >= want * 0.98 and now - last_ss >= 1.0:
+                last_ss = now
+                if established_to(port) >= want:
+                    seconds = now - run.started
+                    break
         if n != last_n:
             last_n, last_change = n, now
         if log_every and now - last_log >= log_every:
@@ -757,6 +778,9 @@ def hold_experiment(server_name: str, server_argv: list, connections: int, clien
         clients = run.stop(grace=60)
     finally:
         srv.stop()
+    driver_seconds = seconds
+    if run.establish_seconds() is not None:
+        seconds = run.establish_seconds()
     slab_total, slab_top = slab_delta(slab0, slab1, top=12)
     per = max(established, 1)
     ok = [c for c in clients if isinstance(c, dict) and "error" not in c]
@@ -772,6 +796,7 @@ def hold_experiment(server_name: str, server_argv: list, connections: int, clien
         "established": established,
         "establish_seconds": seconds,
         "establish_per_s": round(established / seconds, 1) if seconds else None,
+        "establish_seconds_seen_by_driver": driver_seconds,
         "held_at_end": held_end,
         "server_alive_at_end": server_alive,
         "not_established": max(0, connections - established),
