@@ -76,6 +76,8 @@ def _on_signal(signum, _frame):
 
 
 def install_signal_handlers() -> None:
+    # SIGINT too: a shell starts background jobs with SIGINT ignored, and Python keeps it that way.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGHUP, _on_signal)
 
@@ -277,7 +279,7 @@ def _ss(args: list[str]) -> str:
 def established_to(port: int) -> int:
     """Server-side established TCP sockets on local port `port` (counted by the kernel, via ss)."""
     r = subprocess.run(
-        ["ss", "-Htn", "state", "established", f"( sport = :{port} )"], capture_output=True, timeout=120
+        ["ss", "-Htn", "state", "established", f"( src 127.0.0.1:{port} )"], capture_output=True, timeout=120
     )
     return r.stdout.count(b"\n")
 
@@ -293,11 +295,13 @@ def accept_queue(port: int) -> int:
 
 
 def lingering(ports: list[int]) -> int:
-    """Sockets on any of `ports` that are neither listening nor established (TIME_WAIT, FIN_WAIT,
-    CLOSE_WAIT, orphans): what a previous measurement left behind."""
+    """Sockets to or from 127.0.0.1:<port> for any of `ports` that are neither listening nor
+    established (TIME_WAIT, FIN_WAIT, CLOSE_WAIT, orphans): what an earlier measurement left behind.
+    (Matching the port number alone would count other processes' clients whose ephemeral port
+    happens to be the same number.)"""
     if not ports:
         return 0
-    cond = " or ".join(f"sport = :{p} or dport = :{p}" for p in ports)
+    cond = " or ".join(f"src 127.0.0.1:{p} or dst 127.0.0.1:{p}" for p in ports)
     r = subprocess.run(["ss", "-Htan", "exclude", "listening", "exclude", "established", f"( {cond} )"],
                        capture_output=True, timeout=120)
     return r.stdout.count(b"\n")

@@ -61,7 +61,8 @@ fn fail(msg: &str) -> ! {
 }
 
 fn num<T: std::str::FromStr>(key: &str, v: &str) -> T {
-    v.parse().unwrap_or_else(|_| fail(&format!("{key}: '{v}' is not a number")))
+    v.parse()
+        .unwrap_or_else(|_| fail(&format!("{key}: '{v}' is not a number")))
 }
 
 fn secs(key: &str, v: &str) -> Duration {
@@ -92,12 +93,22 @@ fn parse() -> Opts {
         if flag == "-h" || flag == "--help" {
             usage();
         }
-        let v = it.next().unwrap_or_else(|| fail(&format!("{flag} needs a value")));
+        let v = it
+            .next()
+            .unwrap_or_else(|| fail(&format!("{flag} needs a value")));
         match flag.as_str() {
-            "--target" => o.target = v.parse().unwrap_or_else(|_| fail(&format!("'{v}' is not an ip:port"))),
+            "--target" => {
+                o.target = v
+                    .parse()
+                    .unwrap_or_else(|_| fail(&format!("'{v}' is not an ip:port")))
+            }
             "--connections" => o.connections = num(&flag, &v),
             "--sources" => o.sources = num(&flag, &v),
-            "--source-base" => o.source_base = v.parse().unwrap_or_else(|_| fail(&format!("'{v}' is not an IPv4 address"))),
+            "--source-base" => {
+                o.source_base = v
+                    .parse()
+                    .unwrap_or_else(|_| fail(&format!("'{v}' is not an IPv4 address")))
+            }
             "--connect-rate" => o.connect_rate = num(&flag, v.trim_end_matches("/s")),
             "--concurrency" => o.concurrency = num(&flag, &v),
             "--mode" => {
@@ -179,14 +190,20 @@ async fn connect(o: &Opts, i: usize) -> std::io::Result<TcpStream> {
     }
     match tokio::time::timeout(o.connect_timeout, socket.connect(o.target)).await {
         Ok(r) => r,
-        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "connect timed out",
+        )),
     }
 }
 
 fn pattern(conn: usize, seq: u64, buf: &mut [u8]) {
     let seed = (conn as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seq;
     for (k, b) in buf.iter_mut().enumerate() {
-        *b = (seed.wrapping_add(k as u64).wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8;
+        *b = (seed
+            .wrapping_add(k as u64)
+            .wrapping_mul(0x2545_F491_4F6C_DD1D)
+            >> 56) as u8;
     }
 }
 
@@ -197,7 +214,13 @@ async fn exchange(s: &mut TcpStream, out: &[u8], back: &mut [u8]) -> Result<bool
     Ok(out == back)
 }
 
-async fn conn_task(o: Arc<Opts>, t: Arc<Totals>, i: usize, mut s: TcpStream, hist: Rc<RefCell<Histogram<u64>>>) {
+async fn conn_task(
+    o: Arc<Opts>,
+    t: Arc<Totals>,
+    i: usize,
+    mut s: TcpStream,
+    hist: Rc<RefCell<Histogram<u64>>>,
+) {
     let mut out = vec![0u8; o.message_size];
     let mut back = vec![0u8; o.message_size];
     let mut seq = 0u64;
@@ -264,9 +287,20 @@ async fn conn_task(o: Arc<Opts>, t: Arc<Totals>, i: usize, mut s: TcpStream, his
 }
 
 /// One thread: a current-thread runtime opening connections `ids`, then running them.
-fn worker(o: Arc<Opts>, t: Arc<Totals>, ids: Vec<usize>, started: Instant, gate: Arc<std::sync::Barrier>) -> Histogram<u64> {
-    let hist = Rc::new(RefCell::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")));
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+fn worker(
+    o: Arc<Opts>,
+    t: Arc<Totals>,
+    ids: Vec<usize>,
+    started: Instant,
+    gate: Arc<std::sync::Barrier>,
+) -> Histogram<u64> {
+    let hist = Rc::new(RefCell::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+    ));
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => fail(&format!("cannot start a runtime: {e}")),
     };
@@ -281,7 +315,9 @@ fn worker(o: Arc<Opts>, t: Arc<Totals>, ids: Vec<usize>, started: Instant, gate:
                 let due = started + Duration::from_secs_f64(k as f64 / per_thread_rate);
                 tokio::time::sleep_until(due.into()).await;
             }
-            let Ok(permit) = sem.clone().acquire_owned().await else { break };
+            let Ok(permit) = sem.clone().acquire_owned().await else {
+                break;
+            };
             let (o2, t2) = (o.clone(), t.clone());
             pending.push(tokio::task::spawn_local(async move {
                 let r = connect(&o2, i).await;
@@ -313,7 +349,13 @@ fn worker(o: Arc<Opts>, t: Arc<Totals>, ids: Vec<usize>, started: Instant, gate:
         let _ = tokio::task::spawn_blocking(move || g.wait()).await;
         let mut tasks = Vec::with_capacity(streams.len());
         for (i, s) in streams {
-            tasks.push(tokio::task::spawn_local(conn_task(o.clone(), t.clone(), i, s, h2.clone())));
+            tasks.push(tokio::task::spawn_local(conn_task(
+                o.clone(),
+                t.clone(),
+                i,
+                s,
+                h2.clone(),
+            )));
         }
         for task in tasks {
             let _ = task.await;
@@ -325,7 +367,10 @@ fn worker(o: Arc<Opts>, t: Arc<Totals>, ids: Vec<usize>, started: Instant, gate:
 
 /// Raises the RLIMIT_NOFILE soft limit to the hard limit (each connection is one fd here).
 fn raise_nofile() {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: `lim` is a valid, writable rlimit; setrlimit only reads it.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
@@ -352,10 +397,14 @@ fn main() {
     for sig in [libc::SIGTERM, libc::SIGINT] {
         let flag = term.clone();
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
             if let Ok(rt) = rt {
                 rt.block_on(async move {
-                    if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(sig)) {
+                    if let Ok(mut s) =
+                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(sig))
+                    {
                         s.recv().await;
                         flag.store(true, Ordering::SeqCst);
                     }
@@ -393,7 +442,13 @@ fn main() {
             }
         }
     }
-    let q = |p: f64| if hist.is_empty() { serde_json::Value::Null } else { hist.value_at_quantile(p).into() };
+    let q = |p: f64| {
+        if hist.is_empty() {
+            serde_json::Value::Null
+        } else {
+            hist.value_at_quantile(p).into()
+        }
+    };
     let first_error = t.first_error.lock().ok().and_then(|g| g.clone());
     let report = serde_json::json!({
         "client": "bench-client",

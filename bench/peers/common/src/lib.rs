@@ -24,7 +24,9 @@ pub struct Args {
 /// Prints a one-line error and exits with status 2 on bad input.
 pub fn args(name: &str) -> Args {
     let mut listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
-    let mut threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mut threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let (key, inline) = match flag.split_once('=') {
@@ -32,18 +34,26 @@ pub fn args(name: &str) -> Args {
             None => (flag.clone(), None),
         };
         let mut value = |what: &str| -> String {
-            inline.clone().or_else(|| it.next()).unwrap_or_else(|| fail(name, &format!("{key} needs {what}")))
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .unwrap_or_else(|| fail(name, &format!("{key} needs {what}")))
         };
         match key.as_str() {
             "--listen" => {
                 let v = value("an address");
-                listen = v.parse().unwrap_or_else(|_| fail(name, &format!("'{v}' is not an ip:port")));
+                listen = v
+                    .parse()
+                    .unwrap_or_else(|_| fail(name, &format!("'{v}' is not an ip:port")));
             }
             "--threads" => {
                 let v = value("a number");
                 threads = match v.parse::<usize>() {
                     Ok(n) if (1..=1024).contains(&n) => n,
-                    _ => fail(name, &format!("--threads '{v}' must be a number from 1 to 1024")),
+                    _ => fail(
+                        name,
+                        &format!("--threads '{v}' must be a number from 1 to 1024"),
+                    ),
                 };
             }
             "-h" | "--help" => {
@@ -63,7 +73,10 @@ fn fail(name: &str, msg: &str) -> ! {
 
 /// Raises the RLIMIT_NOFILE soft limit to the hard limit; returns the new soft limit.
 pub fn raise_nofile() -> io::Result<u64> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: `lim` is a valid, writable rlimit for the duration of the call.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(io::Error::last_os_error());
@@ -75,7 +88,7 @@ pub fn raise_nofile() -> io::Result<u64> {
             return Err(io::Error::last_os_error());
         }
     }
-    Ok(lim.rlim_cur as u64)
+    Ok(lim.rlim_cur)
 }
 
 /// Process setup every peer does first: raise RLIMIT_NOFILE (a warning if it cannot).

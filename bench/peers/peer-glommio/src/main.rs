@@ -26,7 +26,11 @@ async fn echo(mut stream: TcpStream) {
 fn main() {
     let args = peer_common::setup(NAME);
     // All listeners are made here so that port 0 resolves once; each executor adopts one of them.
-    let first = peer_common::or_exit(NAME, "cannot listen", peer_common::listener(args.listen, false));
+    let first = peer_common::or_exit(
+        NAME,
+        "cannot listen",
+        peer_common::listener(args.listen, false),
+    );
     let addr = peer_common::or_exit(NAME, "local address", first.local_addr());
     let mut fds = vec![first.into_raw_fd()];
     for _ in 1..args.threads {
@@ -34,8 +38,8 @@ fn main() {
         fds.push(l.into_raw_fd());
     }
     let fds = std::sync::Arc::new(std::sync::Mutex::new(fds));
-    let pool = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(args.threads, None)).on_all_shards(
-        move || {
+    let pool = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(args.threads, None))
+        .on_all_shards(move || {
             let fd = fds.lock().ok().and_then(|mut v| v.pop());
             async move {
                 let Some(fd) = fd else { return };
@@ -58,8 +62,7 @@ fn main() {
                     }
                 }
             }
-        },
-    );
+        });
     let pool = match pool {
         Ok(pool) => pool,
         Err(e) => {

@@ -25,13 +25,21 @@ async fn echo(mut stream: TcpStream) -> std::io::Result<()> {
 }
 
 fn serve(addr: SocketAddr, first: Option<std::sync::mpsc::Sender<SocketAddr>>) {
-    let rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().enable_timer().build();
+    let rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        .enable_timer()
+        .build();
     let mut rt = peer_common::or_exit(NAME, "cannot start the io_uring runtime", rt);
     rt.block_on(async move {
-        let std_listener = peer_common::or_exit(NAME, "cannot listen", peer_common::listener(addr, false));
-        let listener = peer_common::or_exit(NAME, "cannot listen", TcpListener::from_std(std_listener));
+        let std_listener =
+            peer_common::or_exit(NAME, "cannot listen", peer_common::listener(addr, false));
+        let listener =
+            peer_common::or_exit(NAME, "cannot listen", TcpListener::from_std(std_listener));
         if let Some(tx) = first {
-            let _ = tx.send(peer_common::or_exit(NAME, "local address", listener.local_addr()));
+            let _ = tx.send(peer_common::or_exit(
+                NAME,
+                "local address",
+                listener.local_addr(),
+            ));
         }
         let mut warned = false;
         loop {

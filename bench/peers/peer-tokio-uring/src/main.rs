@@ -29,10 +29,15 @@ async fn echo(stream: TcpStream) {
 
 fn serve(addr: SocketAddr, first: Option<std::sync::mpsc::Sender<SocketAddr>>) {
     tokio_uring::start(async move {
-        let std_listener = peer_common::or_exit(NAME, "cannot listen", peer_common::listener(addr, false));
+        let std_listener =
+            peer_common::or_exit(NAME, "cannot listen", peer_common::listener(addr, false));
         let listener = TcpListener::from_std(std_listener);
         if let Some(tx) = first {
-            let _ = tx.send(peer_common::or_exit(NAME, "local address", listener.local_addr()));
+            let _ = tx.send(peer_common::or_exit(
+                NAME,
+                "local address",
+                listener.local_addr(),
+            ));
         }
         let mut warned = false;
         loop {

@@ -16,9 +16,18 @@ fn main() {
         .build();
     let rt = peer_common::or_exit(NAME, "cannot start the tokio runtime", rt);
     rt.block_on(async move {
-        let std_listener = peer_common::or_exit(NAME, "cannot listen", peer_common::listener(args.listen, true));
-        let listener = peer_common::or_exit(NAME, "cannot listen", TcpListener::from_std(std_listener));
-        peer_common::announce(peer_common::or_exit(NAME, "local address", listener.local_addr()));
+        let std_listener = peer_common::or_exit(
+            NAME,
+            "cannot listen",
+            peer_common::listener(args.listen, true),
+        );
+        let listener =
+            peer_common::or_exit(NAME, "cannot listen", TcpListener::from_std(std_listener));
+        peer_common::announce(peer_common::or_exit(
+            NAME,
+            "local address",
+            listener.local_addr(),
+        ));
         let mut warned = false;
         loop {
             let mut socket = match listener.accept().await {

@@ -10,7 +10,12 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde_json::Value;
 
-const COLORS: [RGBColor; 4] = [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40)];
+const COLORS: [RGBColor; 4] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+];
 
 /// One group of bars per server: `series[k].1[i]` is series `k`'s value for server `i` (None = no data).
 struct Chart<'a> {
@@ -25,7 +30,12 @@ struct Chart<'a> {
 fn draw(out: &Path, c: &Chart<'_>) -> Result<PathBuf, Box<dyn std::error::Error>> {
     let path = out.join(c.file);
     let n = c.servers.len().max(1);
-    let values: Vec<f64> = c.series.iter().flat_map(|(_, v)| v.iter().flatten().copied()).filter(|v| *v > 0.0).collect();
+    let values: Vec<f64> = c
+        .series
+        .iter()
+        .flat_map(|(_, v)| v.iter().flatten().copied())
+        .filter(|v| *v > 0.0)
+        .collect();
     if values.is_empty() {
         return Err(format!("{}: no data", c.file).into());
     }
@@ -45,7 +55,11 @@ fn draw(out: &Path, c: &Chart<'_>) -> Result<PathBuf, Box<dyn std::error::Error>
     let groups = c.series.len() as f64;
     let width = 0.8 / groups;
     let mut builder = ChartBuilder::on(&root);
-    builder.caption(&c.title, ("sans-serif", 20)).margin(15).x_label_area_size(40).y_label_area_size(80);
+    builder
+        .caption(&c.title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(80);
     macro_rules! body {
         ($chart:expr) => {{
             let mut chart = $chart;
@@ -66,22 +80,45 @@ fn draw(out: &Path, c: &Chart<'_>) -> Result<PathBuf, Box<dyn std::error::Error>
                     .filter_map(|(i, v)| {
                         let v = (*v)?;
                         let x0 = i as f64 - 0.4 + width * k as f64;
-                        Some(Rectangle::new([(x0, if c.log { min / 2.0 } else { 0.0 }), (x0 + width * 0.92, v.max(if c.log { min / 2.0 } else { 0.0 }))], color.filled()))
+                        Some(Rectangle::new(
+                            [
+                                (x0, if c.log { min / 2.0 } else { 0.0 }),
+                                (
+                                    x0 + width * 0.92,
+                                    v.max(if c.log { min / 2.0 } else { 0.0 }),
+                                ),
+                            ],
+                            color.filled(),
+                        ))
                     })
                     .collect();
                 let anno = chart.draw_series(bars)?;
                 if c.series.len() > 1 {
-                    anno.label(*label).legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+                    anno.label(*label).legend(move |(x, y)| {
+                        Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled())
+                    });
                 }
                 // The value above each bar.
                 chart.draw_series(vals.iter().enumerate().filter_map(|(i, v)| {
                     let v = (*v)?;
                     let x = i as f64 - 0.4 + width * (k as f64 + 0.5);
-                    Some(Text::new(short(v), (x, v), ("sans-serif", 11).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Bottom))))
+                    Some(Text::new(
+                        short(v),
+                        (x, v),
+                        ("sans-serif", 11)
+                            .into_font()
+                            .color(&BLACK)
+                            .pos(Pos::new(HPos::Center, VPos::Bottom)),
+                    ))
                 }))?;
             }
             if c.series.len() > 1 {
-                chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::UpperRight).draw()?;
+                chart
+                    .configure_series_labels()
+                    .background_style(WHITE.mix(0.8))
+                    .border_style(BLACK)
+                    .position(SeriesLabelPosition::UpperRight)
+                    .draw()?;
             }
         }};
     }
@@ -113,7 +150,11 @@ fn short(v: f64) -> String {
 }
 
 fn rows<'a>(results: &'a Value, scenario: &str) -> Option<&'a serde_json::Map<String, Value>> {
-    results.get("scenarios")?.get(scenario)?.get("rows")?.as_object()
+    results
+        .get("scenarios")?
+        .get(scenario)?
+        .get("rows")?
+        .as_object()
 }
 
 fn get(row: Option<&Value>, path: &[&str]) -> Option<f64> {
@@ -131,7 +172,10 @@ fn main() {
         exit(2);
     };
     let input = PathBuf::from(input);
-    let out = args.next().map(PathBuf::from).unwrap_or_else(|| input.parent().map(Path::to_path_buf).unwrap_or_default());
+    let out = args
+        .next()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| input.parent().map(Path::to_path_buf).unwrap_or_default());
     let text = std::fs::read_to_string(&input).unwrap_or_else(|e| {
         eprintln!("bench-plot: cannot read {}: {e}", input.display());
         exit(1)
@@ -143,11 +187,18 @@ fn main() {
     let servers: Vec<String> = results
         .get("servers")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|s| s.get("name").and_then(Value::as_str).map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.get("name").and_then(Value::as_str).map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     let col = |scenario: &str, path: &[&str]| -> Vec<Option<f64>> {
         let r = rows(&results, scenario);
-        servers.iter().map(|s| get(r.and_then(|r| r.get(s)), path)).collect()
+        servers
+            .iter()
+            .map(|s| get(r.and_then(|r| r.get(s)), path))
+            .collect()
     };
     let n_of = |scenario: &str| -> String {
         results
@@ -182,12 +233,18 @@ fn main() {
         },
         Chart {
             file: "idle_memory.svg",
-            title: format!("Idle connections: memory per connection at N = {}", n_of("idle")),
+            title: format!(
+                "Idle connections: memory per connection at N = {}",
+                n_of("idle")
+            ),
             y_label: "bytes / connection",
             servers: servers.clone(),
             series: vec![
                 ("server RSS", col("idle", &["rss_per_conn_bytes"])),
-                ("kernel slab (both ends)", col("idle", &["slab_per_conn_bytes"])),
+                (
+                    "kernel slab (both ends)",
+                    col("idle", &["slab_per_conn_bytes"]),
+                ),
             ],
             log: false,
         },
