@@ -839,6 +839,7 @@ def hold_markdown(title: str, meta: dict, r: dict, extra: list[str] | None = Non
         f"RLIMIT_NOFILE {m['rlimit_nofile'][0]}/{m['rlimit_nofile'][1]}.",
         f"Commit: `{(meta['git'].get('commit') or '?')[:12]}`. Command: `{meta['command']}`",
         f"Server: `{' '.join(r['server_argv'])}`; client: {meta.get('client')}",
+        *([f"Note: {meta['note']}"] if meta.get("note") else []),
         "",
         "| measure | value |",
         "|---|---:|",
