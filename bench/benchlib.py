@@ -634,7 +634,7 @@ class Client:
 
     def per_process(self) -> int:
         # ringhold load keeps connections as direct descriptors: fds do not bound it.
-        return 250_000 if self.kind == "ringhold-load" else FD_CONNS_PER_PROCESS
+        return 1_000_000 if self.kind == "ringhold-load" else FD_CONNS_PER_PROCESS
 
     def _argv(self, target: str, n: int, mode: str, duration: float, message_size: int,
               heartbeat: float, connect_rate: float, threads: int, json_path: Path) -> list[str]:
