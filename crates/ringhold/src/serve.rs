@@ -44,7 +44,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
     match serve(args) {
         Ok(code) => code,
         Err(msg) => {
-            error!("{msg}");
+            // One plain line, no log prefix: this is what a user reads when start-up fails.
             eprintln!("ringhold: {msg}");
             ExitCode::FAILURE
         }
