@@ -42,7 +42,7 @@ fn echo_concurrently(server: &Server, sizes: &[usize], seed0: u64) -> usize {
                 .spawn(move || {
                     start.wait();
                     let seed = seed0 + i as u64;
-                    let chunk = 1 + (seed as usize * 7919) % (256 * 1024);
+                    let chunk = 1 + (seed as usize).wrapping_mul(7919) % (256 * 1024);
                     let half_close = i % 2 == 1;
                     let mut c = echo_stream(c, seed, len, chunk, half_close)
                         .map_err(|e| format!("connection {i} ({len} B): {e}"))?;
