@@ -183,7 +183,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     info!(
         "ringhold {} engine={} shards={shards} cores={ncores} pinned={} buffers={shards}×{}×{} ({}) \
          fd_limit={} direct_descriptors={direct} {capacity} \
-         idle_timeout={:?} max_connections={}",
+         idle_timeout={:?} max_connections={}{}",
         env!("CARGO_PKG_VERSION"),
         args.engine.name(),
         !args.no_pin,
@@ -193,6 +193,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         nofile.soft,
         args.idle_timeout,
         args.max_connections,
+        rate_limits(&args),
     );
     // Signal handlers before the ready lines: a SIGTERM sent as soon as "listening on" shows up must
     // drain, and the process's descriptors (the handler's socket pair) are all open once it is ready.
@@ -252,6 +253,28 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The rate limits in force, for the start-up line (empty when none is set).
+fn rate_limits(args: &ServeArgs) -> String {
+    let mut out = String::new();
+    if let Some(s) = args.max_conn_rate {
+        out += &format!(" max_conn_rate={}/s/shard", s.rate);
+    }
+    if let Some(s) = args.rate_limit {
+        out += &format!(
+            " rate_limit={}/s,burst {}",
+            fmt_bytes(s.rate as u64),
+            fmt_bytes(s.burst as u64)
+        );
+    }
+    if let Some(s) = args.message_rate {
+        out += &format!(" message_rate={:.3}/s,burst {}", s.rate, s.burst);
+    }
+    if !out.is_empty() {
+        out += &format!(" check_every={}", args.check_every);
+    }
+    out
 }
 
 fn spawn_signal_thread(tx: crossbeam_channel::Sender<Event>) -> Result<(), String> {
