@@ -50,3 +50,25 @@ pub fn build(shard: usize) -> io::Result<(IoUring, &'static str)> {
     }
     Err(last.unwrap_or_else(|| io::Error::other("io_uring setup failed")))
 }
+
+/// Submits what is queued and waits up to `timeout` for at least one completion. A timeout (ETIME),
+/// a signal (EINTR) or a full completion queue (EBUSY: reap first) are normal outcomes, not errors.
+pub fn submit_and_wait(
+    submitter: &io_uring::Submitter<'_>,
+    timeout: std::time::Duration,
+) -> io::Result<()> {
+    let ts = io_uring::types::Timespec::from(timeout);
+    let args = io_uring::types::SubmitArgs::new().timespec(&ts);
+    match submitter.submit_with_args(1, &args) {
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use io_uring::squeue::{self, Entry};
-use io_uring::types::{DestinationSlot, Fd, Fixed, SubmitArgs, Timespec};
+use io_uring::types::{DestinationSlot, Fd, Fixed};
 use io_uring::{cqueue, opcode, IoUring, SubmissionQueue, Submitter};
 use ringhold_core::bucket::Bucket;
 use ringhold_core::conn::flag;
@@ -216,17 +216,7 @@ impl Shard {
         loop {
             io.sq.sync();
             io.submits += io.sq.len() as u64;
-            let ts = Timespec::from(st.next_wakeup());
-            let args = SubmitArgs::new().timespec(&ts);
-            match io.sub.submit_with_args(1, &args) {
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
-                    ) => {}
-                Err(e) => return Err(e),
-            }
+            ring::submit_and_wait(&io.sub, st.next_wakeup())?;
             io.sq.sync();
             cq.sync();
             let overflow = cq.overflow();

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use io_uring::types::{SubmitArgs, Timespec};
+use io_uring::types::Timespec;
 use io_uring::{opcode, squeue, IoUring};
 
 use crate::bufring::BufRing;
@@ -309,15 +309,9 @@ impl Worker {
 
     /// Submits what is queued and waits up to `timeout_us` for at least one completion.
     fn wait(&mut self, timeout_us: u64) {
-        let ts = Timespec::from(Duration::from_micros(timeout_us.max(1)));
-        let args = SubmitArgs::new().timespec(&ts);
-        match self.ring.submitter().submit_with_args(1, &args) {
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
-                ) => {}
+        let timeout = Duration::from_micros(timeout_us.max(1));
+        match ringhold_uring::ring::submit_and_wait(&self.ring.submitter(), timeout) {
+            Ok(()) => {}
             Err(e) => {
                 // Nothing sensible to retry with: stop this worker (the others finish normally) and
                 // let its unfinished connections show in the summary.

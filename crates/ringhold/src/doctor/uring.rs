@@ -11,7 +11,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
-use io_uring::types::{BufRingEntry, Fd, Fixed, SubmitArgs, Timespec};
+use io_uring::types::{BufRingEntry, Fd, Fixed};
 use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
 
 /// Opcodes ringhold submits: (name, code, required).
@@ -253,17 +253,8 @@ fn wait(
         if Instant::now() >= deadline {
             return Err(format!("{step}: no completion within {WAIT:?}"));
         }
-        let ts = Timespec::new().sec(1);
-        let args = SubmitArgs::new().timespec(&ts);
-        match ring.submitter().submit_with_args(1, &args) {
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
-                ) => {}
-            Err(e) => return Err(format!("{step}: io_uring_enter: {e}")),
-        }
+        ringhold_uring::ring::submit_and_wait(&ring.submitter(), Duration::from_secs(1))
+            .map_err(|e| format!("{step}: io_uring_enter: {e}"))?;
     }
 }
 
