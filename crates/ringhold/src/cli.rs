@@ -106,7 +106,8 @@ pub struct ServeArgs {
     #[arg(long, env = "RINGHOLD_SHARDS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub shards: Option<u16>,
 
-    /// Do not pin shard threads to cores.
+    /// Do not pin shard threads to cores. Pinning suits a dedicated server; use this when clients (a
+    /// load generator) share the host's cores, or a pinned shard competes with them.
     #[arg(long, env = "RINGHOLD_NO_PIN")]
     pub no_pin: bool,
 
