@@ -112,6 +112,29 @@ pub fn listener(addr: SocketAddr, nonblocking: bool) -> io::Result<TcpListener> 
     Ok(socket.into())
 }
 
+/// Runs `serve` on `args.threads` threads, thread-per-core: the first thread binds `args.listen`
+/// (port 0 resolves there) and sends back the bound address; the others bind that same address with
+/// SO_REUSEPORT. Announces readiness, then waits for the threads (they serve until killed).
+pub fn thread_per_core(
+    name: &str,
+    args: Args,
+    serve: fn(SocketAddr, Option<std::sync::mpsc::Sender<SocketAddr>>),
+) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut threads = vec![std::thread::spawn(move || serve(args.listen, Some(tx)))];
+    let Ok(addr) = rx.recv() else {
+        eprintln!("{name}: the first runtime thread exited before listening");
+        exit(1);
+    };
+    for _ in 1..args.threads {
+        threads.push(std::thread::spawn(move || serve(addr, None)));
+    }
+    announce(addr);
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
 /// Prints the line the bench driver waits for.
 pub fn announce(addr: SocketAddr) {
     eprintln!("listening on {addr}");

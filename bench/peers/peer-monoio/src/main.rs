@@ -61,18 +61,5 @@ fn serve(addr: SocketAddr, first: Option<std::sync::mpsc::Sender<SocketAddr>>) {
 
 fn main() {
     let args = peer_common::setup(NAME);
-    // The first thread binds (port 0 resolves here); the others bind the same port with SO_REUSEPORT.
-    let (tx, rx) = std::sync::mpsc::channel();
-    let mut threads = vec![std::thread::spawn(move || serve(args.listen, Some(tx)))];
-    let Ok(addr) = rx.recv() else {
-        eprintln!("{NAME}: the first runtime thread exited before listening");
-        std::process::exit(1);
-    };
-    for _ in 1..args.threads {
-        threads.push(std::thread::spawn(move || serve(addr, None)));
-    }
-    peer_common::announce(addr);
-    for t in threads {
-        let _ = t.join();
-    }
+    peer_common::thread_per_core(NAME, args, serve);
 }
