@@ -592,18 +592,23 @@ fn a_profile_without_io_uring_is_diagnosed() {
     let Some((py, runner)) = seccomp_runner(test) else {
         return;
     };
-    let out = Command::new(&py)
-        .arg(&runner)
-        .arg(profile())
-        .args([
-            "--deny",
-            "io_uring_setup,io_uring_enter,io_uring_register",
-            "--",
-        ])
-        .arg(binary())
-        .args(["doctor", "--json", "--connections", "100", "--sources", "0"])
-        .output()
-        .unwrap();
+    // `ringhold doctor --json` under the profile with the io_uring syscalls denied (what RuntimeDefault does).
+    let doctor_without_io_uring = |extra: &[&str]| {
+        Command::new(&py)
+            .arg(&runner)
+            .arg(profile())
+            .args([
+                "--deny",
+                "io_uring_setup,io_uring_enter,io_uring_register",
+                "--",
+            ])
+            .arg(binary())
+            .args(["doctor", "--json", "--connections", "100", "--sources", "0"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = doctor_without_io_uring(&[]);
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -632,27 +637,7 @@ fn a_profile_without_io_uring_is_diagnosed() {
     assert_eq!(v["capacity"], 0);
     assert_eq!(v["binding_limit"]["id"], "io_uring.seccomp");
     // The epoll engine does not need io_uring: the same filter only warns.
-    let out = Command::new(&py)
-        .arg(&runner)
-        .arg(profile())
-        .args([
-            "--deny",
-            "io_uring_setup,io_uring_enter,io_uring_register",
-            "--",
-        ])
-        .arg(binary())
-        .args([
-            "doctor",
-            "--json",
-            "--connections",
-            "100",
-            "--sources",
-            "0",
-            "--engine",
-            "epoll",
-        ])
-        .output()
-        .unwrap();
+    let out = doctor_without_io_uring(&["--engine", "epoll"]);
     assert_eq!(
         out.status.code(),
         Some(0),
