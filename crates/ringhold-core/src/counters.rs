@@ -125,8 +125,4 @@ impl ShardCounters {
     pub fn reject(&mut self, reason: RejectReason) {
         self.rejected[reason as usize] += 1;
     }
-
-    pub fn closes_total(&self) -> u64 {
-        self.closes.iter().sum()
-    }
 }

@@ -28,10 +28,6 @@ impl Links {
     pub fn in_use(&self) -> u32 {
         self.in_use
     }
-
-    pub fn len_of(&self, bid: u16) -> u32 {
-        self.len[bid as usize]
-    }
 }
 
 /// A connection's chain of filled buffers: 8 bytes inside [`crate::Conn`].

@@ -87,11 +87,6 @@ impl Slots {
             .map(|(i, _)| i as u32)
             .collect()
     }
-
-    /// Bytes this table holds (for the memory-per-connection accounting).
-    pub fn heap_bytes(&self) -> usize {
-        self.conns.capacity() * std::mem::size_of::<Conn>()
-    }
 }
 
 #[cfg(test)]

@@ -89,10 +89,6 @@ impl BufRing {
         self.bgid
     }
 
-    pub fn size(&self) -> u32 {
-        self.size
-    }
-
     pub fn entries(&self) -> u16 {
         self.entries
     }
@@ -143,11 +139,6 @@ impl BufRing {
         // SAFETY: the kernel handed `bid` to us with this completion and will not write it again until we
         // recycle it; the range lies inside the allocation.
         unsafe { std::slice::from_raw_parts(self.ptr(bid, 0, len), len as usize) }
-    }
-
-    /// Bytes of buffer memory (for the memory accounting).
-    pub fn memory_bytes(&self) -> usize {
-        self.mem_layout.size() + self.ring_layout.size()
     }
 }
 
