@@ -1,7 +1,63 @@
-//! The protocol seam. Engines hand every received chunk to the protocol and do what it says; they never
-//! know which protocol runs. Echo is the first (and, for now, only) protocol: its verdict is always
-//! "send these same bytes back", which lets the engines send straight from the receive buffer.
-//! HTTP/1.1 keep-alive, WebSocket and MQTT keep-alive will add verdicts that reply with other bytes.
+//! The protocol seam. The connection machine hands every received buffer to the connection's protocol,
+//! which says what to send back through a [`Sink`] and what to do next with a [`Step`]. A protocol never
+//! sees a socket, a clock or an engine: it is a sans-IO parser/encoder whose per-connection state is a
+//! small `Copy` value kept inside `Conn` (no heap per connection).
+//!
+//! Output comes from three places, each a [`Sink`] call:
+//! - [`Sink::input`]: bytes of the buffer being handed in, in place (echo; an HTTP request body; a
+//!   WebSocket payload unmasked in place). No copy: the buffer stays held until those bytes are sent.
+//! - [`Sink::bytes_static`]: static bytes owned by the program (a fixed body text, canned responses).
+//! - [`Sink::generated`]: bytes the protocol just produced (an HTTP response head, a WebSocket frame
+//!   header); the machine copies them into shard-owned memory.
+//!
+//! Segments are sent in the order they were given, whatever their source.
+//!
+//! The old echo-only API ([`Protocol`], [`Verdict`]) stays until the engines run on the machine.
+
+/// Where a protocol's output goes. Implemented by the connection machine (and by test doubles).
+pub trait Sink {
+    /// Send `len` bytes at `off` of the input slice being handled, in place.
+    fn input(&mut self, off: usize, len: usize);
+    /// Send bytes that live for the whole program.
+    fn bytes_static(&mut self, bytes: &'static [u8]);
+    /// Send a copy of `bytes` (at most [`MAX_GENERATED`] bytes per call).
+    fn generated(&mut self, bytes: &[u8]);
+}
+
+/// Most bytes one [`Sink::generated`] call may pass (a response head, a frame header).
+pub const MAX_GENERATED: usize = 512;
+
+/// What a protocol tells the machine after handling input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Everything handed in was consumed; read on.
+    Continue,
+    /// Bytes from `from` to the end of the input are an incomplete unit that can only be parsed whole
+    /// (an HTTP request head): keep them and hand them in again, followed by what arrives next, as one
+    /// slice. The protocol bounds how much it asks to be kept (its own header limit).
+    Hold { from: usize },
+    /// Send what was given, then close: shut down the write side and linger (the protocol already
+    /// wrote its own error or close answer, if it has one). Input after this point is discarded.
+    Close(Closing),
+}
+
+/// Why a protocol ends a connection (the `reason` of the close metric).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closing {
+    /// The peer asked for it (HTTP `Connection: close`, HTTP/1.0 without keep-alive, a WebSocket close
+    /// handshake). A normal end.
+    Done,
+    /// The peer broke the protocol; the protocol answered with its error (HTTP 4xx/5xx, WebSocket close
+    /// code 1002/1007/1009).
+    Violation,
+}
+
+/// Per-shard context a protocol may read while handling input (never per connection).
+#[derive(Clone, Copy, Debug)]
+pub struct Ctx<'a> {
+    /// Current `Date` header value, IMF-fixdate, refreshed by the shard about once a second.
+    pub date: &'a [u8; 29],
+}
 
 /// What to do with a received chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
