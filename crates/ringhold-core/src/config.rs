@@ -50,8 +50,17 @@ pub struct EngineConfig {
     pub buffer_size: u32,
     /// Receive buffers per shard (a power of two, at most 32768).
     pub buffers: u16,
-    /// Close connections that received nothing for this long; `None` = never.
+    /// Close connections that sent nothing for this long while the server was ready to read;
+    /// `None` = never.
     pub idle_timeout: Option<Duration>,
+    /// Close connections whose peer read nothing for this long while the server had bytes for it
+    /// (nginx `send_timeout`); `None` = never.
+    pub send_timeout: Option<Duration>,
+    /// After a close the server started, how long it reads and discards input waiting for the peer's
+    /// FIN before it closes anyway (nginx `lingering_time`).
+    pub linger_timeout: Duration,
+    /// What the connections speak.
+    pub protocol: crate::protocol::Protocol,
     /// TCP keepalive on accepted sockets.
     pub keepalive: Option<Keepalive>,
     /// Most buffers one connection may hold while its echo is pending (backpressure bound).
@@ -78,6 +87,9 @@ impl Default for EngineConfig {
             buffer_size: 2048,
             buffers: 4096,
             idle_timeout: Some(Duration::from_secs(60)),
+            send_timeout: Some(Duration::from_secs(60)),
+            linger_timeout: Duration::from_secs(5),
+            protocol: crate::protocol::Protocol::Echo,
             keepalive: None,
             max_queued_buffers: 8,
             shutdown_timeout: Duration::from_secs(10),

@@ -1,33 +1,38 @@
-//! Per-connection state: what a shard keeps for one idle connection, and nothing else. No buffers, no
-//! heap: 40 bytes (asserted below), plus 8 bytes in the idle wheel.
+//! Per-connection state: what a shard keeps for one connection, and nothing else. No buffers, no heap:
+//! at most 64 bytes including the protocol's state (asserted below), plus 8 bytes in the timer wheel.
+//!
+//! The policy part (flags, clocks, queues, protocol state) belongs to the connection machine
+//! ([`crate::machine`]) and is private to this crate. Engines get two bytes of their own
+//! ([`Conn::io`], [`Conn::inflight`]) for what only they know: which operations are armed or in flight,
+//! which edges epoll reported.
 
-use crate::bucket::Bucket;
-use crate::pool::Chain;
+use crate::machine::out::Queue;
+use crate::protocol::ProtoState;
 
-/// Flag bits of [`Conn::flags`].
-pub mod flag {
+/// Policy flag bits (private to the machine).
+pub(crate) mod flag {
     /// The slot holds a connection.
     pub const LIVE: u16 = 1 << 0;
-    /// A (multishot) receive is armed (io_uring) / the socket may have unread bytes (epoll).
-    pub const RECV_ARMED: u16 = 1 << 1;
-    /// A send is in flight (io_uring) / waiting for EPOLLOUT (epoll).
-    pub const SEND_PENDING: u16 = 1 << 2;
+    /// The machine told the engine to receive (a `Recv` not yet followed by `StopRecv`).
+    pub const READING: u16 = 1 << 1;
+    /// A send cycle is on: the engine sends `front()` until the queue is empty.
+    pub const SENDING: u16 = 1 << 2;
     /// The peer sent FIN.
     pub const PEER_FIN: u16 = 1 << 3;
-    /// Closing: no new operations; the slot is freed when `inflight` reaches 0.
-    pub const CLOSING: u16 = 1 << 4;
-    /// Reading is paused by backpressure (too many buffers queued).
-    pub const BACKPRESSURE: u16 = 1 << 5;
-    /// Reading is paused by a rate limit until the shard's throttle timer resumes it.
-    pub const THROTTLED: u16 = 1 << 6;
-    /// Waiting for a free buffer (ENOBUFS / empty pool).
-    pub const WAIT_BUFFER: u16 = 1 << 7;
-    /// A cancel of the multishot receive is in flight (io_uring).
-    pub const CANCELING: u16 = 1 << 8;
-    /// epoll: the socket is readable and was not drained (edge-triggered bookkeeping).
-    pub const READABLE: u16 = 1 << 9;
-    /// epoll: the socket is writable.
-    pub const WRITABLE: u16 = 1 << 10;
+    /// Closing gracefully: input is discarded, the queue is flushed, then the write side is shut down.
+    pub const FLUSH_CLOSE: u16 = 1 << 4;
+    /// Lingering: the write side is shut down; input is read and discarded until FIN or the linger time.
+    pub const LINGER: u16 = 1 << 5;
+    /// `Close` was issued; the slot waits for the engine's `released`.
+    pub const CLOSED: u16 = 1 << 6;
+    /// Reading is paused: the connection holds as many buffers as it may.
+    pub const BACKPRESSURE: u16 = 1 << 7;
+    /// Reading is paused by a rate limit until its throttle entry comes due.
+    pub const THROTTLED: u16 = 1 << 8;
+    /// Waiting for a free receive buffer.
+    pub const WAIT_BUFFER: u16 = 1 << 9;
+    /// The protocol was asked for a keep-alive probe (WebSocket ping) in this quiet spell.
+    pub const PROBED: u16 = 1 << 10;
 }
 
 /// One connection. `Copy` so that the slot table is a plain array.
@@ -35,36 +40,37 @@ pub mod flag {
 pub struct Conn {
     /// Generation of the slot (24 bits used); stale completions carry an older one.
     pub gen: u32,
-    /// Idle-wheel tick of the last received byte.
-    pub last_active: u32,
-    /// Buffers holding bytes received and not yet echoed.
-    pub chain: Chain,
-    /// See [`flag`].
-    pub flags: u16,
-    /// Buffers in `chain`.
-    pub queued: u16,
-    /// Reads since the last rate-limit check (`--check-every`).
-    pub reads_since_check: u16,
-    /// io_uring operations in flight for this connection.
+    /// Timer-wheel tick the running clock started at: last byte received while the queue was empty
+    /// (idle), last send progress (stalled), write side shut down (lingering).
+    pub(crate) stamp: u32,
+    /// What is waiting to be sent.
+    pub(crate) out: Queue,
+    /// Received bytes the protocol asked to keep (an incomplete request head).
+    pub(crate) hold: Queue,
+    /// Policy flags (`flag`).
+    pub(crate) flags: u16,
+    /// Receive buffers and generated slots this connection holds.
+    pub(crate) queued: u16,
+    /// Engine-private flag bits.
+    pub io: u8,
+    /// Engine-private: operations in flight (io_uring).
     pub inflight: u8,
-    /// `--rate-limit` bucket (bytes).
-    pub bytes_bucket: Bucket,
-    /// `--message-rate` bucket (reads).
-    pub msg_bucket: Bucket,
+    /// The protocol's per-connection state.
+    pub(crate) proto: ProtoState,
 }
 
-const _: () = assert!(std::mem::size_of::<Conn>() <= 40);
+const _: () = assert!(std::mem::size_of::<Conn>() <= 64);
 
 impl Conn {
-    pub fn has(&self, f: u16) -> bool {
+    pub(crate) fn has(&self, f: u16) -> bool {
         self.flags & f != 0
     }
 
-    pub fn set(&mut self, f: u16) {
+    pub(crate) fn set(&mut self, f: u16) {
         self.flags |= f;
     }
 
-    pub fn clear(&mut self, f: u16) {
+    pub(crate) fn clear(&mut self, f: u16) {
         self.flags &= !f;
     }
 
@@ -72,20 +78,25 @@ impl Conn {
         self.has(flag::LIVE)
     }
 
-    /// Reading must wait: backpressure, throttle, buffer shortage, closing or FIN seen.
-    pub fn read_blocked(&self) -> bool {
-        self.has(
-            flag::BACKPRESSURE
-                | flag::THROTTLED
-                | flag::WAIT_BUFFER
-                | flag::CLOSING
-                | flag::PEER_FIN,
-        )
+    /// The close was counted (graceful close under way, lingering or closed).
+    pub(crate) fn closing(&self) -> bool {
+        self.has(flag::FLUSH_CLOSE | flag::LINGER | flag::CLOSED)
     }
 
-    /// Echo finished and the peer is gone: time to close with `PeerClosed`.
-    pub fn done_after_fin(&self) -> bool {
-        self.has(flag::PEER_FIN) && self.chain.is_empty() && !self.has(flag::SEND_PENDING)
+    /// Something is waiting to be sent or being sent.
+    pub(crate) fn output_pending(&self) -> bool {
+        !self.out.is_empty() || self.has(flag::SENDING)
+    }
+
+    /// Whether the engine should receive for this connection now.
+    pub(crate) fn wants_read(&self) -> bool {
+        if self.has(flag::CLOSED | flag::PEER_FIN | flag::WAIT_BUFFER) {
+            return false;
+        }
+        if self.has(flag::FLUSH_CLOSE | flag::LINGER) {
+            return true; // read and discard, so that the close ends in FIN, not RST
+        }
+        !self.has(flag::BACKPRESSURE | flag::THROTTLED)
     }
 }
 
@@ -95,19 +106,21 @@ mod tests {
 
     #[test]
     fn small() {
-        assert!(std::mem::size_of::<Conn>() <= 40);
+        assert!(std::mem::size_of::<Conn>() <= 64);
     }
 
     #[test]
-    fn flags() {
-        let mut c = Conn::default();
-        assert!(!c.is_live());
-        c.set(flag::LIVE | flag::RECV_ARMED);
-        assert!(c.is_live() && !c.read_blocked());
+    fn reading_rules() {
+        let mut c = Conn {
+            flags: flag::LIVE,
+            ..Conn::default()
+        };
+        assert!(c.is_live() && c.wants_read());
         c.set(flag::THROTTLED);
-        assert!(c.read_blocked());
-        c.clear(flag::THROTTLED);
+        assert!(!c.wants_read());
+        c.set(flag::FLUSH_CLOSE);
+        assert!(c.wants_read(), "a closing connection reads to discard");
         c.set(flag::PEER_FIN);
-        assert!(c.done_after_fin());
+        assert!(!c.wants_read());
     }
 }

@@ -18,10 +18,14 @@ pub enum CloseReason {
     Shutdown,
     /// Closed because a per-connection limit was broken.
     Limit,
+    /// The peer read nothing for `--send-timeout` while the server had bytes for it.
+    SendTimeout,
+    /// The peer broke the protocol (the protocol answered with its own error first).
+    ProtocolError,
 }
 
 impl CloseReason {
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 8;
     pub const ALL: [CloseReason; Self::COUNT] = [
         CloseReason::PeerClosed,
         CloseReason::Reset,
@@ -29,6 +33,8 @@ impl CloseReason {
         CloseReason::Error,
         CloseReason::Shutdown,
         CloseReason::Limit,
+        CloseReason::SendTimeout,
+        CloseReason::ProtocolError,
     ];
 
     pub fn label(self) -> &'static str {
@@ -39,6 +45,8 @@ impl CloseReason {
             CloseReason::Error => "error",
             CloseReason::Shutdown => "shutdown",
             CloseReason::Limit => "limit",
+            CloseReason::SendTimeout => "send_timeout",
+            CloseReason::ProtocolError => "protocol_error",
         }
     }
 
@@ -114,6 +122,15 @@ pub struct ShardCounters {
     pub pauses: u64,
     /// Times accepting was deferred by `--max-conn-rate`.
     pub accepts_deferred: u64,
+    /// Closes the server started that shut the write side down and waited for the peer's FIN
+    /// (lingering close), and those of them that ended on the linger timeout instead.
+    pub lingering_closes: u64,
+    pub linger_timeouts: u64,
+    /// Gauge: connections waiting for a free receive buffer.
+    pub waiting_for_buffer: u64,
+    /// Times a connection holding buffers was paused because the pool ran low (the reserve is kept for
+    /// connections that hold none).
+    pub reserve_pauses: u64,
 }
 
 impl ShardCounters {

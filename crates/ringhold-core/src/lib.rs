@@ -1,9 +1,10 @@
 //! Sans-IO heart of ringhold.
 //!
 //! Everything both engines (`ringhold-uring`, `ringhold-epoll`) share and that can be tested without a
-//! socket: the per-connection state ([`conn::Conn`], a few dozen bytes), the buffer pool and the
-//! per-connection chains of in-flight buffers ([`pool`]), the per-shard slot slab with generations
-//! ([`slab`]), the coarse idle-timeout wheel ([`wheel`]), token buckets ([`bucket`]), shard-wide
+//! socket: the connection machine that holds every rule of a connection's life ([`machine`]: events
+//! in, actions out, output queues), the per-connection state ([`conn::Conn`], at most 64 bytes), the
+//! protocol seam ([`protocol`]), the per-shard slot slab with generations ([`slab`]), the coarse timer
+//! wheel ([`wheel`]), token buckets ([`bucket`]), shard-wide
 //! counters ([`counters`]), the process-wide admission state ([`shared`]), the engine configuration
 //! ([`config`]) and the human-unit parsers used by the CLI ([`units`]).
 //!
@@ -15,7 +16,7 @@ pub mod config;
 pub mod conn;
 pub mod counters;
 pub mod engine;
-pub mod pool;
+pub mod machine;
 pub mod protocol;
 pub mod shared;
 pub mod slab;
@@ -26,4 +27,5 @@ pub use config::{EngineConfig, Keepalive};
 pub use conn::Conn;
 pub use counters::{CloseReason, RejectReason, ShardCounters};
 pub use engine::{Flush, ShardSpec};
+pub use machine::{Action, Id, Machine, Pool};
 pub use shared::Shared;

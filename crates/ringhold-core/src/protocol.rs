@@ -12,7 +12,6 @@
 //!
 //! Segments are sent in the order they were given, whatever their source.
 //!
-//! The old echo-only API ([`Protocol`], [`Verdict`]) stays until the engines run on the machine.
 
 /// Where a protocol's output goes. Implemented by the connection machine (and by test doubles).
 pub trait Sink {
@@ -59,26 +58,51 @@ pub struct Ctx<'a> {
     pub date: &'a [u8; 29],
 }
 
-/// What to do with a received chunk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// Send the received bytes back, unchanged and in order.
-    Echo,
-    /// Close the connection.
-    Close,
-}
-
-/// The protocols ringhold speaks.
+/// The protocols ringhold speaks (`--protocol`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Protocol {
+    /// Raw TCP echo: every byte goes back, unchanged and in order.
     #[default]
     Echo,
 }
 
 impl Protocol {
-    pub fn on_input(self, _input: &[u8]) -> Verdict {
+    pub fn name(self) -> &'static str {
         match self {
-            Protocol::Echo => Verdict::Echo,
+            Protocol::Echo => "echo",
+        }
+    }
+
+    /// The state a new connection starts with.
+    pub fn start(self) -> ProtoState {
+        match self {
+            Protocol::Echo => ProtoState::Echo,
+        }
+    }
+}
+
+/// A connection's protocol state: a small `Copy` value inside `Conn`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProtoState {
+    #[default]
+    Echo,
+}
+
+impl ProtoState {
+    /// Handles `input` (see [`Sink`] and [`Step`]).
+    pub fn on_input(&mut self, _ctx: &Ctx<'_>, input: &mut [u8], sink: &mut impl Sink) -> Step {
+        match self {
+            ProtoState::Echo => {
+                sink.input(0, input.len());
+                Step::Continue
+            }
+        }
+    }
+
+    /// The peer sent FIN; everything it sent before was handed to `on_input`.
+    pub fn on_peer_fin(&mut self, _sink: &mut impl Sink) -> Step {
+        match self {
+            ProtoState::Echo => Step::Continue,
         }
     }
 }

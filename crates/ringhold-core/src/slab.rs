@@ -22,7 +22,7 @@ impl Slots {
 
     /// Starts a connection in slot `idx`; returns its generation. `None` if the slot is still live
     /// (which would be a bug in the engine: it must not reuse a descriptor before freeing the slot).
-    pub fn open(&mut self, idx: u32, last_active: u32) -> Option<u32> {
+    pub fn open(&mut self, idx: u32, stamp: u32) -> Option<u32> {
         let i = idx as usize;
         if i >= self.conns.len() {
             // Grow in steps so that a burst of accepts does not reallocate each time.
@@ -36,7 +36,7 @@ impl Slots {
         let gen = (c.gen + 1) & GEN_MASK;
         *c = Conn {
             gen,
-            last_active,
+            stamp,
             flags: flag::LIVE,
             ..Conn::default()
         };
@@ -58,6 +58,11 @@ impl Slots {
     }
 
     /// The live connection in `idx`, whatever its generation.
+    pub fn get_live(&self, idx: u32) -> Option<&Conn> {
+        self.conns.get(idx as usize).filter(|c| c.is_live())
+    }
+
+    /// The live connection in `idx`, whatever its generation.
     pub fn live_mut(&mut self, idx: u32) -> Option<&mut Conn> {
         self.conns.get_mut(idx as usize).filter(|c| c.is_live())
     }
@@ -67,6 +72,7 @@ impl Slots {
         if let Some(c) = self.conns.get_mut(idx as usize) {
             if c.is_live() {
                 c.flags = 0;
+                c.io = 0;
                 c.inflight = 0;
                 self.live -= 1;
             }

@@ -1,43 +1,43 @@
-//! The idle-timeout wheel: one per shard, coarse, with no timer operation per connection.
+//! The timer wheel: one per shard, coarse, with no timer operation per connection.
 //!
 //! Each connection sits in exactly one bucket, at the tick its deadline fell on when it was scheduled.
-//! Activity only updates [`crate::Conn::last_active`] (O(1), no wheel access). When the wheel reaches a
-//! bucket it asks, for each entry, when the connection was last active: gone or reused slots are dropped,
-//! connections active since are moved to their new deadline, the rest are expired. Each connection thus
-//! costs 8 bytes here and is looked at about once per timeout period.
+//! Activity only updates the connection's own time stamp (O(1), no wheel access). When the wheel reaches
+//! a bucket it asks, for each entry, what that connection's deadline is *now* (idle, stalled send or
+//! lingering close: the connection machine knows which clock runs): gone or reused slots are dropped,
+//! entries whose deadline moved on are moved to it, the rest are expired. Each connection thus costs 8
+//! bytes here and is looked at about once per timeout period.
 
 use std::time::Duration;
 
 #[derive(Debug)]
-pub struct IdleWheel {
+pub struct TimerWheel {
     buckets: Vec<Vec<(u32, u32)>>,
     tick: Duration,
-    timeout_ticks: u32,
     now: u32,
 }
 
-/// What the engine says about an entry when its bucket comes due.
+/// What the owner says about an entry when its bucket comes due.
 pub enum Check {
-    /// The slot is free or holds another generation: drop the entry.
+    /// The slot is free, holds another generation or needs no timer: drop the entry.
     Gone,
-    /// The connection was last active at this tick.
-    LastActive(u32),
+    /// The connection's deadline, in ticks.
+    Due(u32),
 }
 
-impl IdleWheel {
-    /// A wheel for `timeout`, with a tick of about 1/32 of it (10 ms to 1 s).
-    pub fn new(timeout: Duration) -> IdleWheel {
-        let tick = (timeout / 32).clamp(Duration::from_millis(10), Duration::from_secs(1));
-        let timeout_ticks = (timeout.as_nanos().div_ceil(tick.as_nanos()) as u32).max(1);
-        IdleWheel {
-            buckets: (0..timeout_ticks + 1).map(|_| Vec::new()).collect(),
+impl TimerWheel {
+    /// A wheel whose resolution is about 1/32 of `shortest` (10 ms to 1 s) and whose buckets span
+    /// `longest` (a deadline further out is parked at the far end and looked at again then).
+    pub fn new(shortest: Duration, longest: Duration) -> TimerWheel {
+        let tick = (shortest / 32).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let span = (longest.max(shortest).as_nanos().div_ceil(tick.as_nanos()) as u32).max(1);
+        TimerWheel {
+            buckets: (0..span + 2).map(|_| Vec::new()).collect(),
             tick,
-            timeout_ticks,
             now: 0,
         }
     }
 
-    /// The wheel's resolution: engines wake at least this often.
+    /// The wheel's resolution: owners wake at least this often while entries are held.
     pub fn tick(&self) -> Duration {
         self.tick
     }
@@ -45,6 +45,11 @@ impl IdleWheel {
     /// The current tick.
     pub fn now(&self) -> u32 {
         self.now
+    }
+
+    /// Whole ticks in `d`, rounded up (a timeout never fires early).
+    pub fn ticks(&self, d: Duration) -> u32 {
+        d.as_nanos().div_ceil(self.tick.as_nanos()).min(u32::MAX as u128) as u32
     }
 
     /// The tick an instant `elapsed` after the shard started falls on.
@@ -56,12 +61,12 @@ impl IdleWheel {
         (tick % self.buckets.len() as u32) as usize
     }
 
-    /// Schedules slot `idx` (generation `gen`) last active at `last_active`.
-    pub fn schedule(&mut self, idx: u32, gen: u32, last_active: u32) {
-        let deadline = last_active
-            .wrapping_add(self.timeout_ticks)
-            .max(self.now + 1);
-        let b = self.bucket_of(deadline);
+    /// Schedules slot `idx` (generation `gen`) to be checked at tick `deadline` (at the earliest the
+    /// next tick, at the latest the far end of the wheel).
+    pub fn schedule(&mut self, idx: u32, gen: u32, deadline: u32) {
+        let far = self.now + self.buckets.len() as u32 - 1;
+        let at = deadline.clamp(self.now + 1, far);
+        let b = self.bucket_of(at);
         self.buckets[b].push((idx, gen));
     }
 
@@ -80,13 +85,8 @@ impl IdleWheel {
             for (idx, gen) in due.drain(..) {
                 match check(idx, gen) {
                     Check::Gone => {}
-                    Check::LastActive(t) => {
-                        if t.wrapping_add(self.timeout_ticks) <= self.now {
-                            expired.push((idx, gen));
-                        } else {
-                            self.schedule(idx, gen, t);
-                        }
-                    }
+                    Check::Due(t) if t <= self.now => expired.push((idx, gen)),
+                    Check::Due(t) => self.schedule(idx, gen, t),
                 }
             }
             // Give the (now empty) vector back so its capacity is reused, unless it is oversized.
@@ -112,34 +112,34 @@ mod tests {
     use std::collections::HashMap;
 
     #[test]
-    fn expires_idle_and_keeps_active() {
-        let mut w = IdleWheel::new(Duration::from_secs(32)); // tick 1 s, 32 ticks
+    fn expires_due_and_moves_the_rest() {
+        let mut w = TimerWheel::new(Duration::from_secs(32), Duration::from_secs(32)); // tick 1 s
         assert_eq!(w.tick(), Duration::from_secs(1));
-        let mut last: HashMap<u32, u32> = HashMap::new();
-        w.schedule(1, 7, 0);
-        last.insert(1, 0);
-        w.schedule(2, 9, 0);
-        last.insert(2, 0);
+        let mut due: HashMap<u32, u32> = HashMap::new();
+        w.schedule(1, 7, 32);
+        due.insert(1, 32);
+        w.schedule(2, 9, 32);
+        due.insert(2, 32);
         let mut expired = Vec::new();
-        // Connection 2 is active at tick 20.
-        w.advance(20, |i, _| Check::LastActive(last[&i]), &mut expired);
+        w.advance(20, |i, _| Check::Due(due[&i]), &mut expired);
         assert!(expired.is_empty());
-        last.insert(2, 20);
-        w.advance(32, |i, _| Check::LastActive(last[&i]), &mut expired);
+        // Connection 2 was active at tick 20: its deadline moves to 52.
+        due.insert(2, 52);
+        w.advance(32, |i, _| Check::Due(due[&i]), &mut expired);
         assert_eq!(expired, vec![(1, 7)]);
         expired.clear();
         assert_eq!(w.len(), 1);
-        w.advance(51, |i, _| Check::LastActive(last[&i]), &mut expired);
+        w.advance(51, |i, _| Check::Due(due[&i]), &mut expired);
         assert!(expired.is_empty());
-        w.advance(52, |i, _| Check::LastActive(last[&i]), &mut expired);
+        w.advance(52, |i, _| Check::Due(due[&i]), &mut expired);
         assert_eq!(expired, vec![(2, 9)]);
         assert!(w.is_empty());
     }
 
     #[test]
     fn gone_entries_are_dropped() {
-        let mut w = IdleWheel::new(Duration::from_millis(320)); // tick 10 ms
-        w.schedule(3, 1, 0);
+        let mut w = TimerWheel::new(Duration::from_millis(320), Duration::from_millis(320));
+        w.schedule(3, 1, 5);
         let mut expired = Vec::new();
         w.advance(100, |_, _| Check::Gone, &mut expired);
         assert!(expired.is_empty());
@@ -147,9 +147,32 @@ mod tests {
     }
 
     #[test]
-    fn short_timeouts_have_fine_ticks() {
-        let w = IdleWheel::new(Duration::from_millis(100));
+    fn deadlines_past_the_span_are_parked_at_the_far_end() {
+        // Tick 10 ms, span 1 s: a deadline 5 s out is checked at 1 s and rescheduled until it is due.
+        let mut w = TimerWheel::new(Duration::from_millis(100), Duration::from_secs(1));
+        w.schedule(4, 2, 500);
+        let mut expired = Vec::new();
+        let mut checks = 0;
+        w.advance(
+            499,
+            |_, _| {
+                checks += 1;
+                Check::Due(500)
+            },
+            &mut expired,
+        );
+        assert!(expired.is_empty());
+        assert!(checks >= 4, "looked at about once per span: {checks}");
+        w.advance(500, |_, _| Check::Due(500), &mut expired);
+        assert_eq!(expired, vec![(4, 2)]);
+    }
+
+    #[test]
+    fn short_timeouts_have_fine_ticks_and_round_up() {
+        let w = TimerWheel::new(Duration::from_millis(100), Duration::from_secs(60));
         assert_eq!(w.tick(), Duration::from_millis(10));
         assert_eq!(w.tick_of(Duration::from_millis(95)), 9);
+        assert_eq!(w.ticks(Duration::from_millis(95)), 10);
+        assert_eq!(w.ticks(Duration::ZERO), 0);
     }
 }
