@@ -56,8 +56,8 @@ pub struct EngineConfig {
     /// Close connections whose peer read nothing for this long while the server had bytes for it
     /// (nginx `send_timeout`); `None` = never.
     pub send_timeout: Option<Duration>,
-    /// After a close the server started, how long it reads and discards input waiting for the peer's
-    /// FIN before it closes anyway (nginx `lingering_time`).
+    /// After a close the server started, it reads and discards input waiting for the peer's FIN; it
+    /// closes anyway once the peer has sent nothing for this long (nginx `lingering_timeout`).
     pub linger_timeout: Duration,
     /// What the connections speak.
     pub protocol: crate::protocol::Protocol,
@@ -88,7 +88,7 @@ impl Default for EngineConfig {
             buffers: 4096,
             idle_timeout: Some(Duration::from_secs(60)),
             send_timeout: Some(Duration::from_secs(60)),
-            linger_timeout: Duration::from_secs(5),
+            linger_timeout: Duration::from_secs(2),
             protocol: crate::protocol::Protocol::Echo,
             keepalive: None,
             max_queued_buffers: 8,

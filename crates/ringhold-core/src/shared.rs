@@ -1,7 +1,13 @@
-//! The little that shards share: the shutdown flag and the process-wide connection count behind
-//! `--max-connections`. Both are touched per accept/close and per loop tick, never per message.
+//! The little that shards share: the shutdown flag, the process-wide connection count behind
+//! `--max-connections`, and the listener's `--max-conn-rate` bucket (EMQX's `max_conn_rate` is per
+//! listener: one bucket for the listen address, whatever `--shards` is). All are touched per
+//! accept/close and per loop tick, never per message.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::bucket::{Bucket, BucketSpec};
 
 #[derive(Debug)]
 pub struct Shared {
@@ -9,17 +15,62 @@ pub struct Shared {
     active: AtomicUsize,
     max_connections: usize,
     last_log_sec: AtomicU64,
+    conn_rate: Option<(BucketSpec, Mutex<Bucket>)>,
+    epoch: Instant,
 }
 
 impl Shared {
     /// `max_connections == 0` means no limit.
     pub fn new(max_connections: usize) -> Shared {
+        Shared::with_conn_rate(max_connections, None)
+    }
+
+    /// With a listener-wide accept rate (`--max-conn-rate`).
+    pub fn with_conn_rate(max_connections: usize, conn_rate: Option<BucketSpec>) -> Shared {
         Shared {
             shutdown: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             max_connections,
             last_log_sec: AtomicU64::new(0),
+            conn_rate: conn_rate.map(|spec| (spec, Mutex::new(Bucket::full(&spec, 0)))),
+            epoch: Instant::now(),
         }
+    }
+
+    fn rate_ms(&self, now: Instant) -> u32 {
+        now.saturating_duration_since(self.epoch).as_millis() as u32
+    }
+
+    /// `--max-conn-rate`: may the listener accept one more connection at `now`? `Err(wait)` until a
+    /// token is there. Checking takes nothing; [`Shared::accept_paid`] pays for each connection that
+    /// left the backlog, so no token is held while nobody connects (that would make the burst N + 1).
+    /// Several shards may pass the check for the same token at the same instant; each pays after the
+    /// fact, so the bucket goes briefly into debt and the next check waits it out: the rate holds.
+    pub fn accept_permit(&self, now: Instant) -> Result<(), Duration> {
+        let Some((spec, bucket)) = &self.conn_rate else {
+            return Ok(());
+        };
+        let ms = self.rate_ms(now);
+        bucket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .has_one(spec, ms)
+    }
+
+    /// A connection left the backlog: it takes its `--max-conn-rate` token.
+    pub fn accept_paid(&self, now: Instant) {
+        if let Some((spec, bucket)) = &self.conn_rate {
+            let ms = self.rate_ms(now);
+            bucket
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(spec, ms, 1.0);
+        }
+    }
+
+    /// Whether `--max-conn-rate` is set.
+    pub fn conn_rate_limited(&self) -> bool {
+        self.conn_rate.is_some()
     }
 
     /// Asks every shard to stop accepting and drain.
@@ -65,6 +116,16 @@ impl Shared {
     }
 }
 
+/// Monotonic seconds for [`Shared::log_allowed`], the same for every shard of the process, from 1.
+pub fn log_second() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs()
+        + 1
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,6 +143,25 @@ mod tests {
         for _ in 0..1000 {
             assert!(unlimited.try_admit());
         }
+    }
+
+    #[test]
+    fn conn_rate_is_one_bucket_for_every_shard() {
+        let spec = BucketSpec {
+            rate: 10.0,
+            burst: 2.0,
+        };
+        let s = Shared::with_conn_rate(0, Some(spec));
+        let t0 = s.epoch;
+        // Two "shards" share the burst of 2.
+        assert!(s.accept_permit(t0).is_ok());
+        s.accept_paid(t0);
+        assert!(s.accept_permit(t0).is_ok());
+        s.accept_paid(t0);
+        let wait = s.accept_permit(t0).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(100));
+        assert!(s.accept_permit(t0 + Duration::from_millis(100)).is_ok());
+        assert!(Shared::new(0).accept_permit(t0).is_ok());
     }
 
     #[test]

@@ -49,7 +49,9 @@ impl TimerWheel {
 
     /// Whole ticks in `d`, rounded up (a timeout never fires early).
     pub fn ticks(&self, d: Duration) -> u32 {
-        d.as_nanos().div_ceil(self.tick.as_nanos()).min(u32::MAX as u128) as u32
+        d.as_nanos()
+            .div_ceil(self.tick.as_nanos())
+            .min(u32::MAX as u128) as u32
     }
 
     /// The tick an instant `elapsed` after the shard started falls on.

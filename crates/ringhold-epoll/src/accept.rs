@@ -5,13 +5,14 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
 
-use ringhold_core::bucket::{Bucket, BucketSpec};
+use ringhold_core::machine::throttle::ceil_ms;
+use ringhold_core::shared::log_second;
 use ringhold_core::{RejectReason, ShardCounters, Shared};
 use tracing::{debug, warn};
 
 use crate::sys;
-use crate::timers::{ceil_ms, log_second};
 
 /// How long to wait before trying again after a resource error that draining cannot fix (no spare fd
 /// could be had, ENOBUFS, ENOMEM).
@@ -44,8 +45,6 @@ pub struct Acceptor {
     listener: OwnedFd,
     /// `/dev/null`, closed to make room for one accept when the process is out of descriptors.
     spare: Option<OwnedFd>,
-    /// `--max-conn-rate`: checked before each accept, paid once a connection was accepted.
-    rate: Option<(BucketSpec, Bucket)>,
     /// The backlog may hold connections (edge-triggered: set by an edge, cleared by EAGAIN).
     pub ready: bool,
     /// Accepting is paused until this shard-clock millisecond.
@@ -53,17 +52,11 @@ pub struct Acceptor {
 }
 
 impl Acceptor {
-    pub fn new(
-        shard: usize,
-        listener: OwnedFd,
-        rate: Option<BucketSpec>,
-        now_ms: u64,
-    ) -> io::Result<Acceptor> {
+    pub fn new(shard: usize, listener: OwnedFd) -> io::Result<Acceptor> {
         Ok(Acceptor {
             shard,
             listener,
             spare: Some(sys::open_spare()?),
-            rate: rate.map(|spec| (spec, Bucket::full(&spec, now_ms as u32))),
             ready: true,
             resume_at: None,
         })
@@ -91,29 +84,20 @@ impl Acceptor {
         shared: &Shared,
     ) -> io::Result<Step> {
         self.resume_at = None;
-        if let Some((spec, bucket)) = &mut self.rate {
-            if let Err(wait) = bucket.has_one(spec, now_ms as u32) {
-                // Leave the rest in the backlog until the bucket has a token again.
-                counters.accepts_deferred += 1;
-                self.resume_at = Some(now_ms + ceil_ms(wait));
-                return Ok(Step::Stop);
-            }
+        if let Err(wait) = shared.accept_permit(Instant::now()) {
+            // Leave the rest in the backlog until the listener's bucket has a token again.
+            counters.accepts_deferred += 1;
+            self.resume_at = Some(now_ms + ceil_ms(wait));
+            return Ok(Step::Stop);
         }
         // Held until the end of any spare-fd trick below.
         let _guard = accept_lock();
         match sys::accept(self.fd()) {
             Ok(fd) => {
-                self.pay_accept(now_ms);
+                shared.accept_paid(Instant::now());
                 Ok(Step::Socket(fd))
             }
             Err(e) => self.on_error(e, now_ms, counters, shared),
-        }
-    }
-
-    /// A connection left the backlog: it takes its `--max-conn-rate` token.
-    fn pay_accept(&mut self, now_ms: u64) {
-        if let Some((spec, bucket)) = &mut self.rate {
-            bucket.take(spec, now_ms as u32, 1.0);
         }
     }
 
@@ -179,7 +163,7 @@ impl Acceptor {
                 match sys::accept(self.fd()) {
                     Ok(refused) => {
                         drop(refused);
-                        self.pay_accept(now_ms);
+                        shared.accept_paid(Instant::now());
                         counters.reject(RejectReason::FdLimit);
                         Step::Next
                     }

@@ -1,20 +1,16 @@
-//! The shard's receive buffers: one allocation of `count × size` bytes, a free list of buffer ids, and
-//! the core's link table that strings filled buffers into per-connection chains.
+//! The shard's receive buffers: one allocation of `count × size` bytes and a free list of buffer ids.
 //!
-//! A buffer is either on the free list or in exactly one connection's chain (or, for the length of one
-//! `recv`, in the engine's hand). Nothing is allocated after start-up. The memory comes from a zeroed
+//! A buffer is either on the free list, held by the connection machine (bytes waiting to be sent), or,
+//! for the length of one `recv`, in the engine's hand. Nothing is allocated after start-up. The memory comes from a zeroed
 //! allocation, so pages the shard never touches are never made resident.
 
 use std::io;
-
-use ringhold_core::pool::Links;
 
 pub struct Buffers {
     mem: Box<[u8]>,
     size: usize,
     /// Free buffer ids; a stack, so that the most recently used (cache-warm) buffer goes out first.
     free: Vec<u16>,
-    pub links: Links,
 }
 
 impl Buffers {
@@ -37,7 +33,6 @@ impl Buffers {
             mem: vec![0u8; total].into_boxed_slice(),
             size: size as usize,
             free: (0..count).rev().collect(),
-            links: Links::new(count),
         })
     }
 
@@ -52,6 +47,7 @@ impl Buffers {
     }
 
     /// Buffers on the free list.
+    #[cfg(test)]
     pub fn free(&self) -> usize {
         self.free.len()
     }
@@ -81,29 +77,30 @@ impl Buffers {
     }
 }
 
+impl ringhold_core::Pool for Buffers {
+    fn bytes_mut(&mut self, bid: u16) -> &mut [u8] {
+        self.buf_mut(bid)
+    }
+
+    fn recycle(&mut self, bid: u16) {
+        self.put(bid)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ringhold_core::pool::Chain;
 
     #[test]
-    fn take_fill_chain_and_recycle() {
+    fn take_fill_and_recycle() {
         let mut b = Buffers::new(4, 8).unwrap();
         assert_eq!((b.total(), b.free(), b.size()), (4, 4, 8));
         let x = b.take().unwrap();
         assert_eq!(x, 0, "lowest id first");
         b.buf_mut(x)[..3].copy_from_slice(b"abc");
-        let mut chain = Chain::default();
-        chain.push(&mut b.links, x, 3);
-        let (bid, off, len) = chain.front(&b.links).unwrap();
-        assert_eq!(b.bytes(bid, off, len), b"abc");
-        assert_eq!(chain.consume(&mut b.links, 1), None);
-        let (bid, off, len) = chain.front(&b.links).unwrap();
-        assert_eq!(b.bytes(bid, off, len), b"bc");
-        let done = chain.consume(&mut b.links, 2).unwrap();
-        b.put(done);
+        assert_eq!(b.bytes(x, 1, 2), b"bc");
+        b.put(x);
         assert_eq!(b.free(), 4);
-        assert_eq!(b.links.in_use(), 0);
         assert_eq!(b.take(), Some(0), "the buffer just recycled goes out first");
     }
 

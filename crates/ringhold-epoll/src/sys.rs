@@ -198,3 +198,10 @@ mod tests {
         assert!(a.as_raw_fd() >= 0);
     }
 }
+
+/// Shuts down the write side (FIN), for a lingering close.
+pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
+    // SAFETY (syscall!): plain integer arguments.
+    syscall!(shutdown(fd, libc::SHUT_WR))?;
+    Ok(())
+}

@@ -133,12 +133,29 @@ impl BufRing {
         }
     }
 
-    /// The `len` bytes the kernel just received into buffer `bid`.
-    pub fn bytes(&self, bid: u16, len: u32) -> &[u8] {
-        let len = len.min(self.size);
-        // SAFETY: the kernel handed `bid` to us with this completion and will not write it again until we
-        // recycle it; the range lies inside the allocation.
-        unsafe { std::slice::from_raw_parts(self.ptr(bid, 0, len), len as usize) }
+    /// The whole of buffer `bid`, which the kernel handed to us with a receive completion.
+    pub fn bytes_mut(&mut self, bid: u16) -> &mut [u8] {
+        assert!(bid < self.entries);
+        // SAFETY: bid < entries keeps the range inside the allocation; the kernel handed `bid` to us with
+        // a completion and will not write it again until we recycle it (and a recycled buffer is never
+        // read through this again: the connection machine gives it back only when nothing refers to
+        // it). `&mut self` makes this the only live slice of the ring's memory.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.mem.as_ptr().add(bid as usize * self.size as usize),
+                self.size as usize,
+            )
+        }
+    }
+}
+
+impl ringhold_core::Pool for BufRing {
+    fn bytes_mut(&mut self, bid: u16) -> &mut [u8] {
+        BufRing::bytes_mut(self, bid)
+    }
+
+    fn recycle(&mut self, bid: u16) {
+        BufRing::recycle(self, bid)
     }
 }
 

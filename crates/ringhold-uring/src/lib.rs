@@ -5,13 +5,20 @@
 //! a provided buffer ring of small buffers, one echo send in flight per connection sent straight from the
 //! receive buffer, and the buffer recycled the moment that send completes.
 //!
-//! Files: [`ring`] (setup and fallbacks), [`bufring`] (all buffer-ring `unsafe`), [`token`] (the
-//! `user_data` layout), [`shard`] (the loop), [`probe`] (start-up check).
+//! Every rule of a connection's life (backpressure, rate limits, idle/stall/linger clocks, FIN, closes,
+//! the protocol) is `ringhold_core::machine`'s: this crate feeds it completions as events and turns its
+//! actions into SQEs.
 //!
-//! What it must not do: allocate per message or per idle connection, keep a timer per connection, block,
-//! or know which protocol runs (that is `ringhold_core::protocol`).
+//! Files: [`ring`] (setup, fallbacks, the submission side), [`bufring`] (all buffer-ring `unsafe`),
+//! [`token`] (the `user_data` layout), [`shard`] (the loop), `accept` (the listener), `conn`
+//! (actions and completions of connections), [`probe`] (start-up check).
+//!
+//! What it must not do: hold connection policy, allocate per message or per idle connection, keep a
+//! timer per connection, block, or know which protocol runs.
 
+mod accept;
 pub mod bufring;
+mod conn;
 pub mod probe;
 pub mod ring;
 pub mod shard;

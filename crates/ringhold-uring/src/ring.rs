@@ -72,3 +72,53 @@ pub fn submit_and_wait(
         Err(e) => Err(e),
     }
 }
+
+/// The submission side of a shard: SQ plus submitter, with "SQ full ⇒ submit and retry".
+pub struct Io<'a> {
+    pub sq: io_uring::SubmissionQueue<'a>,
+    pub sub: io_uring::Submitter<'a>,
+    /// SQEs handed to the kernel so far.
+    pub submits: u64,
+}
+
+impl Io<'_> {
+    pub fn push(&mut self, e: io_uring::squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: every SQE a shard builds points only at memory that outlives the operation: the
+            // buffer ring's memory (owned by the shard, dropped after the ring), the machine's generated
+            // slots and static bytes (stable until the connection's slot is released, which waits for
+            // every operation to complete), the boxed setsockopt values, or nothing.
+            if unsafe { self.sq.push(&e) }.is_ok() {
+                return Ok(());
+            }
+            self.submit()?;
+        }
+    }
+
+    pub fn submit(&mut self) -> io::Result<()> {
+        self.sq.sync();
+        self.submits += self.sq.len() as u64;
+        match self.sub.submit() {
+            Ok(_) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EINTR)) => {}
+            Err(e) => return Err(e),
+        }
+        self.sq.sync();
+        Ok(())
+    }
+}
+
+/// Runs `$body` with `$f` bound to the connection's descriptor: a fixed-file index (direct descriptors)
+/// or a plain fd.
+#[macro_export]
+macro_rules! with_fd {
+    ($direct:expr, $idx:expr, |$f:ident| $body:expr) => {
+        if $direct {
+            let $f = io_uring::types::Fixed($idx);
+            $body
+        } else {
+            let $f = io_uring::types::Fd($idx as i32);
+            $body
+        }
+    };
+}

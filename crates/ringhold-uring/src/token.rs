@@ -27,6 +27,8 @@ pub enum Op {
     CloseRefused = 7,
     /// Cancel of the shard's accept (shutdown or `--max-conn-rate`).
     CancelAccept = 8,
+    /// Shutdown of a connection's write side (lingering close).
+    Shutdown = 9,
 }
 
 impl Op {
@@ -40,6 +42,7 @@ impl Op {
             6 => Op::SockOpt,
             7 => Op::CloseRefused,
             8 => Op::CancelAccept,
+            9 => Op::Shutdown,
             _ => return None,
         })
     }
@@ -89,6 +92,8 @@ mod tests {
             Op::Cancel,
             Op::SockOpt,
             Op::CloseRefused,
+            Op::CancelAccept,
+            Op::Shutdown,
         ] {
             let t = Token::new(op, 0x00AB_CDEF, u32::MAX - 1);
             assert_eq!(Token::decode(t.encode()), Some(t));

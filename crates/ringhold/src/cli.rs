@@ -124,9 +124,23 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u8).range(1..=64))]
     pub pending_buffers: u8,
 
-    /// Close connections that received nothing for this long (`0` = never).
+    /// Close connections whose peer sent nothing for this long while the server was ready to read and
+    /// had nothing left to send (`0` = never). A connection the server stopped reading (backpressure,
+    /// a rate limit, no free buffer) is never idle. Closed gracefully: FIN, then linger.
     #[arg(long, env = "RINGHOLD_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
+
+    /// Close connections whose peer read nothing for this long while the server had bytes for it
+    /// (nginx send_timeout; `0` = never). Counted as closes{reason="send_timeout"}.
+    #[arg(long, env = "RINGHOLD_SEND_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub send_timeout: Duration,
+
+    /// After a close the server starts (idle, drain, protocol end), it shuts its write side down, then
+    /// reads and discards input until the peer's FIN, or until the peer has sent nothing for this long
+    /// (nginx lingering_timeout); then it closes. The peer sees every byte it was owed, then EOF, not a
+    /// reset.
+    #[arg(long, env = "RINGHOLD_LINGER_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub linger_timeout: Duration,
 
     /// TCP keepalive on accepted sockets: `idle,interval,count` (e.g. 60s,10s,5) or `off`.
     #[arg(long, env = "RINGHOLD_TCP_KEEPALIVE", default_value = "off", value_parser = parse_keepalive)]
@@ -159,8 +173,9 @@ pub struct ServeArgs {
 
     // The four limit flags take `allow_hyphen_values` so that a negative value (`--max-conn-rate -3`)
     // reaches its parser and the error names the flag, instead of clap's "unexpected argument '-3'".
-    /// Accepts per second per listener, i.e. per shard (token bucket, burst = N). When empty, accepting
-    /// pauses and the backlog holds the rest (EMQX's max_conn_rate).
+    /// Accepts per second for the listen address as a whole, whatever --shards is (one token bucket
+    /// shared by the shards, burst = N). When empty, accepting pauses and the backlog holds the rest
+    /// (EMQX's max_conn_rate, per listener).
     #[arg(long, env = "RINGHOLD_MAX_CONN_RATE", value_parser = BucketSpec::parse_per_second,
           allow_hyphen_values = true)]
     pub max_conn_rate: Option<BucketSpec>,

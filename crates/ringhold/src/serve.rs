@@ -102,6 +102,9 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         buffer_size: args.buffer_size,
         buffers: args.buffers,
         idle_timeout: (!args.idle_timeout.is_zero()).then_some(args.idle_timeout),
+        send_timeout: (!args.send_timeout.is_zero()).then_some(args.send_timeout),
+        linger_timeout: args.linger_timeout,
+        protocol: ringhold_core::protocol::Protocol::Echo,
         keepalive: args.tcp_keepalive.0,
         max_queued_buffers: args.pending_buffers as u16,
         shutdown_timeout: args.shutdown_timeout,
@@ -112,7 +115,10 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         direct_descriptors: direct,
         fixed_files: fixed_files.min(u32::MAX as u64) as u32,
     });
-    let shared = Arc::new(Shared::new(args.max_connections));
+    let shared = Arc::new(Shared::with_conn_rate(
+        args.max_connections,
+        args.max_conn_rate,
+    ));
 
     let metrics_addr = ringhold_metrics::install(args.metrics_listen.0, args.engine.name())
         .map_err(|e| {
@@ -183,7 +189,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     info!(
         "ringhold {} engine={} shards={shards} cores={ncores} pinned={} buffers={shards}×{}×{} ({}) \
          fd_limit={} direct_descriptors={direct} {capacity} \
-         idle_timeout={:?} max_connections={}{}",
+         idle_timeout={:?} send_timeout={:?} linger_timeout={:?} max_connections={}{}",
         env!("CARGO_PKG_VERSION"),
         args.engine.name(),
         !args.no_pin,
@@ -192,6 +198,8 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         fmt_bytes(total_buffers * args.buffer_size as u64),
         nofile.soft,
         args.idle_timeout,
+        args.send_timeout,
+        args.linger_timeout,
         args.max_connections,
         rate_limits(&args),
     );
@@ -259,7 +267,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
 fn rate_limits(args: &ServeArgs) -> String {
     let mut out = String::new();
     if let Some(s) = args.max_conn_rate {
-        out += &format!(" max_conn_rate={}/s/shard", s.rate);
+        out += &format!(" max_conn_rate={}/s", s.rate);
     }
     if let Some(s) = args.rate_limit {
         out += &format!(

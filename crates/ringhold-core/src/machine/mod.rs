@@ -24,8 +24,9 @@
 //!   it: `--send-timeout`), lingering (after our FIN, waiting for the peer's). A connection we stopped
 //!   reading is never idle.
 //! - Closes the server starts (idle, drain, protocol end) are graceful: flush what is queued, shut down
-//!   the write side, read and discard until the peer's FIN or the linger time, then close: the peer
-//!   sees every byte we owed it, then EOF, never an RST. Errors and send timeouts close at once.
+//!   the write side, read and discard until the peer's FIN or until it has been quiet for the linger
+//!   time (nginx `lingering_timeout`), then close: the peer sees every byte we owed it, then EOF, never
+//!   an RST. Errors and send timeouts close at once.
 //! - The protocol ([`crate::protocol`]) sees every received buffer and answers through a sink.
 
 pub mod out;
@@ -384,8 +385,14 @@ impl Machine {
             }
             let now = now_ms as u32;
             self.limiters[i] = Limiter {
-                bytes: self.lim.rate.map_or_else(Bucket::default, |s| Bucket::full(&s, now)),
-                msgs: self.lim.msgs.map_or_else(Bucket::default, |s| Bucket::full(&s, now)),
+                bytes: self
+                    .lim
+                    .rate
+                    .map_or_else(Bucket::default, |s| Bucket::full(&s, now)),
+                msgs: self
+                    .lim
+                    .msgs
+                    .map_or_else(Bucket::default, |s| Bucket::full(&s, now)),
                 reads_since_check: 0,
             };
         }
@@ -413,7 +420,11 @@ impl Machine {
             return;
         };
         if c.closing() {
-            pool.recycle(bid); // read and discarded: the close is under way
+            // Read and discarded: the close is under way. While lingering, the quiet gap restarts.
+            if c.has(flag::LINGER) {
+                c.stamp = tick;
+            }
+            pool.recycle(bid);
             return;
         }
         if !c.output_pending() {
@@ -619,7 +630,10 @@ impl Machine {
                     }
                     Said::Static(b) => push_static(&mut self.out, c, b),
                     Said::Generated { off, len } => {
-                        if self.out.push_copy(&mut c.out, &self.generated[off..off + len]) {
+                        if self
+                            .out
+                            .push_copy(&mut c.out, &self.generated[off..off + len])
+                        {
                             c.queued += 1;
                         }
                     }
@@ -844,7 +858,10 @@ impl Machine {
         }
         self.count_close(idx, gen, reason);
         // Held input (never to complete now) is given back when the slot is released.
-        self.slots.get_mut(idx, gen).expect("live").set(flag::FLUSH_CLOSE);
+        self.slots
+            .get_mut(idx, gen)
+            .expect("live")
+            .set(flag::FLUSH_CLOSE);
         self.sync(idx, gen);
         self.schedule(idx, gen);
     }

@@ -498,11 +498,17 @@ mod tests {
         let head = [b'h'; 100];
         assert!(out.push_copy(&mut q, &head));
         assert!(!out.push_copy(&mut q, &head), "appended to the same slot");
-        assert!(!out.push_copy(&mut q, b"tiny"), "tiny copies join the open slot");
-        assert_eq!(out.front(&q).map(|f| match f {
-            Front::Bytes(b) => b.len(),
-            Front::Buf { .. } => 0,
-        }), Some(204));
+        assert!(
+            !out.push_copy(&mut q, b"tiny"),
+            "tiny copies join the open slot"
+        );
+        assert_eq!(
+            out.front(&q).map(|f| match f {
+                Front::Bytes(b) => b.len(),
+                Front::Buf { .. } => 0,
+            }),
+            Some(204)
+        );
         assert!(out.pop(&mut q).slot);
         assert_eq!(out.slots_allocated(), 1);
     }

@@ -1,0 +1,297 @@
+//! Carrying out the machine's actions for connections, and turning their completions into events.
+//!
+//! What only this engine knows lives in the connection's two engine bytes: which receive is armed or
+//! being cancelled, whether a send is in flight, whether the machine asked for the close, and how many
+//! operations are in flight (`inflight`). Rules of the engine, not of the connection:
+//! - Multishot receive with buffer select; with `--rate-limit`/`--message-rate`, single-shot receives
+//!   (still buffer select), so that a pause stops reading at once. A receive that ended is re-armed when
+//!   the machine still wants to read.
+//! - One send in flight per connection, of the machine's `front()`; short sends resume.
+//! - Close: cancel the receive and any send, wait until nothing is in flight, close the descriptor;
+//!   the machine releases the slot when that close completes.
+
+use std::io;
+
+use io_uring::{cqueue, opcode, squeue};
+use ringhold_core::machine::Front;
+use ringhold_core::{Action, Id};
+use tracing::debug;
+
+use crate::ring::Io;
+use crate::shard::State;
+use crate::token::{Op, Token};
+use crate::with_fd;
+
+/// Engine bits of `Conn::io`.
+mod bit {
+    /// A receive is armed.
+    pub const RECV_ARMED: u8 = 1 << 0;
+    /// A cancel of the armed receive is in flight.
+    pub const CANCELING: u8 = 1 << 1;
+    /// A send is in flight.
+    pub const SENDING: u8 = 1 << 2;
+    /// The machine asked for the close.
+    pub const CLOSE_WANTED: u8 = 1 << 3;
+    /// The close of the descriptor was submitted.
+    pub const CLOSE_ISSUED: u8 = 1 << 4;
+}
+
+impl State {
+    /// Carries out every action the machine queued.
+    pub(crate) fn apply(&mut self, io: &mut Io<'_>) -> io::Result<()> {
+        while let Some(a) = self.machine.poll_action() {
+            match a {
+                Action::Recv(id) => self.arm_recv(io, id)?,
+                Action::StopRecv(id) => self.stop_recv(io, id)?,
+                Action::Send(id) => self.start_send(io, id)?,
+                Action::ShutdownWrite(id) => self.shutdown_write(io, id)?,
+                Action::Close(id) => self.close(io, id)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn arm_recv(&mut self, io: &mut Io<'_>, id: Id) -> io::Result<()> {
+        let bgid = self.bufs.bgid();
+        let single = self.machine.limits().rate_limited();
+        let size = self.cfg.buffer_size;
+        if !self.machine.wants_read(id.idx, id.gen) {
+            return Ok(());
+        }
+        let Some(c) = self.machine.conn_mut(id.idx, id.gen) else {
+            return Ok(());
+        };
+        if c.io & (bit::RECV_ARMED | bit::CLOSE_WANTED) != 0 {
+            return Ok(()); // armed (or being cancelled: re-armed when that completes)
+        }
+        c.io |= bit::RECV_ARMED;
+        c.inflight += 1;
+        let e = if single {
+            // A multishot receive keeps filling buffers until its cancel lands, so a pause would take
+            // effect only after ~100 more reads (measured: 26 pauses of ~190 KiB each for 5 MiB at
+            // 1 MiB/s) and --check-every would mean nothing.
+            with_fd!(self.direct, id.idx, |f| opcode::Recv::new(
+                f,
+                std::ptr::null_mut(),
+                size
+            )
+            .buf_group(bgid)
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT))
+        } else {
+            with_fd!(self.direct, id.idx, |f| opcode::RecvMulti::new(f, bgid)
+                .build())
+        };
+        io.push(e.user_data(Token::new(Op::Recv, id.gen, id.idx).encode()))
+    }
+
+    fn stop_recv(&mut self, io: &mut Io<'_>, id: Id) -> io::Result<()> {
+        let Some(c) = self.machine.conn_mut(id.idx, id.gen) else {
+            return Ok(());
+        };
+        if c.io & bit::RECV_ARMED == 0 || c.io & bit::CANCELING != 0 {
+            return Ok(());
+        }
+        c.io |= bit::CANCELING;
+        c.inflight += 1;
+        let target = Token::new(Op::Recv, id.gen, id.idx).encode();
+        let e = opcode::AsyncCancel::new(target).build();
+        io.push(e.user_data(Token::new(Op::Cancel, id.gen, id.idx).encode()))
+    }
+
+    pub(crate) fn on_recv(
+        &mut self,
+        io: &mut Io<'_>,
+        t: Token,
+        res: i32,
+        flags: u32,
+    ) -> io::Result<()> {
+        let more = cqueue::more(flags);
+        let bid = cqueue::buffer_select(flags);
+        let Some(c) = self.machine.conn_mut(t.slot, t.gen) else {
+            // Stale: the buffer still goes back to the ring.
+            if let Some(b) = bid {
+                self.bufs.recycle(b);
+            }
+            return Ok(());
+        };
+        if !more {
+            c.io &= !(bit::RECV_ARMED | bit::CANCELING);
+            c.inflight -= 1;
+        }
+        let now_ms = self.now_ms();
+        if res > 0 {
+            match bid {
+                Some(bid) => {
+                    self.machine
+                        .received(&mut self.bufs, t.slot, t.gen, bid, res as u32, now_ms)
+                }
+                None => self.machine.failed(t.slot, t.gen, libc::EIO),
+            }
+        } else {
+            if let Some(b) = bid {
+                self.bufs.recycle(b);
+            }
+            match -res {
+                0 => self.machine.peer_fin(t.slot, t.gen, now_ms),
+                libc::ENOBUFS => self.machine.no_buffer(t.slot, t.gen),
+                libc::ECANCELED => {}
+                errno => self.machine.failed(t.slot, t.gen, errno),
+            }
+        }
+        if !more {
+            self.after_op(
+                io,
+                Id {
+                    idx: t.slot,
+                    gen: t.gen,
+                },
+            )?;
+            self.arm_recv(
+                io,
+                Id {
+                    idx: t.slot,
+                    gen: t.gen,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    fn start_send(&mut self, io: &mut Io<'_>, id: Id) -> io::Result<()> {
+        let (ptr, len) = match self.machine.front(id.idx, id.gen) {
+            None => return Ok(()),
+            Some(Front::Buf { bid, off, len }) => (self.bufs.ptr(bid, off, len), len),
+            Some(Front::Bytes(b)) => (b.as_ptr(), b.len() as u32),
+        };
+        let Some(c) = self.machine.conn_mut(id.idx, id.gen) else {
+            return Ok(());
+        };
+        if c.io & (bit::SENDING | bit::CLOSE_WANTED) != 0 {
+            return Ok(());
+        }
+        c.io |= bit::SENDING;
+        c.inflight += 1;
+        let e = with_fd!(self.direct, id.idx, |f| opcode::Send::new(f, ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build());
+        io.push(e.user_data(Token::new(Op::Send, id.gen, id.idx).encode()))
+    }
+
+    pub(crate) fn on_send(&mut self, io: &mut Io<'_>, t: Token, res: i32) -> io::Result<()> {
+        let id = Id {
+            idx: t.slot,
+            gen: t.gen,
+        };
+        let Some(c) = self.machine.conn_mut(id.idx, id.gen) else {
+            return Ok(());
+        };
+        c.io &= !bit::SENDING;
+        c.inflight -= 1;
+        let now_ms = self.now_ms();
+        match res {
+            n if n >= 0 => self
+                .machine
+                .sent(&mut self.bufs, id.idx, id.gen, n as usize, now_ms),
+            e if -e == libc::ECANCELED => {}
+            e => self.machine.failed(id.idx, id.gen, -e),
+        }
+        self.after_op(io, id)?;
+        self.start_send(io, id)
+    }
+
+    fn shutdown_write(&mut self, io: &mut Io<'_>, id: Id) -> io::Result<()> {
+        let Some(c) = self.machine.conn_mut(id.idx, id.gen) else {
+            return Ok(());
+        };
+        c.inflight += 1;
+        let e = with_fd!(self.direct, id.idx, |f| opcode::Shutdown::new(
+            f,
+            libc::SHUT_WR
+        )
+        .build());
+        io.push(e.user_data(Token::new(Op::Shutdown, id.gen, id.idx).encode()))
+    }
+
+    /// Completion of a cancel, a setsockopt or a shutdown.
+    pub(crate) fn on_aux(&mut self, io: &mut Io<'_>, t: Token, res: i32) -> io::Result<()> {
+        if res < 0 {
+            match t.op {
+                Op::SockOpt
+                    if matches!(-res, libc::EOPNOTSUPP | libc::EINVAL)
+                        && self.sockopt_supported =>
+                {
+                    self.sockopt_supported = false;
+                    self.warn_limited(format_args!(
+                        "io_uring setsockopt unsupported here ({}); TCP_NODELAY/keepalive not set",
+                        io::Error::from_raw_os_error(-res)
+                    ));
+                }
+                Op::Shutdown if -res != libc::ENOTCONN => {
+                    self.machine.failed(t.slot, t.gen, -res);
+                }
+                _ => debug!(
+                    "shard {}: {:?} failed: {}",
+                    self.id,
+                    t.op,
+                    io::Error::from_raw_os_error(-res)
+                ),
+            }
+        }
+        let id = Id {
+            idx: t.slot,
+            gen: t.gen,
+        };
+        if let Some(c) = self.machine.conn_mut(id.idx, id.gen) {
+            c.inflight -= 1;
+        }
+        self.after_op(io, id)
+    }
+
+    /// The machine asked for the close: cancel what may never complete, then close once nothing is in
+    /// flight.
+    fn close(&mut self, io: &mut Io<'_>, id: Id) -> io::Result<()> {
+        let Some(c) = self.machine.conn_mut(id.idx, id.gen) else {
+            return Ok(());
+        };
+        c.io |= bit::CLOSE_WANTED;
+        let sending = c.io & bit::SENDING != 0;
+        self.stop_recv(io, id)?;
+        if sending {
+            // A peer that stopped reading would keep this send pending forever.
+            if let Some(c) = self.machine.conn_mut(id.idx, id.gen) {
+                c.inflight += 1;
+            }
+            let target = Token::new(Op::Send, id.gen, id.idx).encode();
+            let e = opcode::AsyncCancel::new(target).build();
+            io.push(e.user_data(Token::new(Op::Cancel, id.gen, id.idx).encode()))?;
+        }
+        self.after_op(io, id)
+    }
+
+    /// After an operation of a connection ended: a connection to close with nothing in flight closes
+    /// its descriptor.
+    fn after_op(&mut self, io: &mut Io<'_>, id: Id) -> io::Result<()> {
+        let Some(c) = self.machine.conn_mut(id.idx, id.gen) else {
+            return Ok(());
+        };
+        if c.io & bit::CLOSE_WANTED == 0 || c.io & bit::CLOSE_ISSUED != 0 || c.inflight > 0 {
+            return Ok(());
+        }
+        c.io |= bit::CLOSE_ISSUED;
+        c.inflight = 1; // the close itself; the slot is released when it completes
+        let e = with_fd!(self.direct, id.idx, |f| opcode::Close::new(f).build());
+        io.push(e.user_data(Token::new(Op::Close, id.gen, id.idx).encode()))
+    }
+
+    pub(crate) fn on_close(&mut self, t: Token, res: i32) {
+        if res < 0 {
+            debug!(
+                "shard {}: close failed: {}",
+                self.id,
+                io::Error::from_raw_os_error(-res)
+            );
+        }
+        self.machine.released(&mut self.bufs, t.slot, t.gen);
+    }
+}
