@@ -22,6 +22,8 @@ const FLAGS: &[(&str, &str)] = &[
     ("--buffers", "RINGHOLD_BUFFERS"),
     ("--pending-buffers", "RINGHOLD_PENDING_BUFFERS"),
     ("--idle-timeout", "RINGHOLD_IDLE_TIMEOUT"),
+    ("--send-timeout", "RINGHOLD_SEND_TIMEOUT"),
+    ("--linger-timeout", "RINGHOLD_LINGER_TIMEOUT"),
     ("--tcp-keepalive", "RINGHOLD_TCP_KEEPALIVE"),
     ("--max-connections", "RINGHOLD_MAX_CONNECTIONS"),
     ("--backlog", "RINGHOLD_BACKLOG"),
