@@ -22,7 +22,7 @@ use ringhold_tests::{both_engines, net, secs, serial, server, tools, wait_until,
 use serde_json::Value;
 
 /// Every metric ringhold exports (the contract with the dashboard and with users' alerts).
-const NAMES: [&str; 18] = [
+const NAMES: [&str; 22] = [
     "ringhold_connections_active",
     "ringhold_accepts_total",
     "ringhold_closes_total",
@@ -37,19 +37,25 @@ const NAMES: [&str; 18] = [
     "ringhold_throttled_connections",
     "ringhold_rate_limit_pauses_total",
     "ringhold_accepts_deferred_total",
+    "ringhold_lingering_closes_total",
+    "ringhold_linger_timeouts_total",
+    "ringhold_connections_waiting_for_buffer",
+    "ringhold_buffer_reserve_pauses_total",
     "ringhold_process_resident_memory_bytes",
     "ringhold_resident_bytes_per_connection",
     "ringhold_build_info",
     "ringhold_metrics_scrapes_total",
 ];
 
-const CLOSE_REASONS: [&str; 6] = [
+const CLOSE_REASONS: [&str; 8] = [
     "peer_closed",
     "reset",
     "idle_timeout",
     "error",
     "shutdown",
     "limit",
+    "send_timeout",
+    "protocol_error",
 ];
 const REJECT_REASONS: [&str; 4] = [
     "max_connections",

@@ -18,6 +18,10 @@ pub const URING_COMPLETIONS: &str = "ringhold_uring_completions_total";
 pub const THROTTLED: &str = "ringhold_throttled_connections";
 pub const RATE_LIMIT_PAUSES: &str = "ringhold_rate_limit_pauses_total";
 pub const ACCEPTS_DEFERRED: &str = "ringhold_accepts_deferred_total";
+pub const LINGERING_CLOSES: &str = "ringhold_lingering_closes_total";
+pub const LINGER_TIMEOUTS: &str = "ringhold_linger_timeouts_total";
+pub const WAITING_FOR_BUFFER: &str = "ringhold_connections_waiting_for_buffer";
+pub const RESERVE_PAUSES: &str = "ringhold_buffer_reserve_pauses_total";
 pub const RESIDENT_MEMORY: &str = "ringhold_process_resident_memory_bytes";
 pub const RESIDENT_PER_CONNECTION: &str = "ringhold_resident_bytes_per_connection";
 pub const BUILD_INFO: &str = "ringhold_build_info";
@@ -25,7 +29,7 @@ pub const BUILD_INFO: &str = "ringhold_build_info";
 pub const SCRAPES: &str = "ringhold_metrics_scrapes_total";
 
 /// Every metric name ringhold exports, for tests and docs.
-pub const ALL: [&str; 18] = [
+pub const ALL: [&str; 22] = [
     CONNECTIONS_ACTIVE,
     ACCEPTS,
     CLOSES,
@@ -40,6 +44,10 @@ pub const ALL: [&str; 18] = [
     THROTTLED,
     RATE_LIMIT_PAUSES,
     ACCEPTS_DEFERRED,
+    LINGERING_CLOSES,
+    LINGER_TIMEOUTS,
+    WAITING_FOR_BUFFER,
+    RESERVE_PAUSES,
     RESIDENT_MEMORY,
     RESIDENT_PER_CONNECTION,
     BUILD_INFO,
@@ -56,7 +64,7 @@ pub(crate) fn describe() {
     describe_counter!(
         CLOSES,
         Unit::Count,
-        "Connections closed by this shard, by reason (peer_closed, reset, idle_timeout, error, shutdown, limit)."
+        "Connections closed by this shard, by reason (peer_closed, reset, idle_timeout, error, shutdown, limit, send_timeout, protocol_error); counted when the close starts."
     );
     describe_counter!(
         REJECTED,
@@ -112,6 +120,26 @@ pub(crate) fn describe() {
         ACCEPTS_DEFERRED,
         Unit::Count,
         "Times accepting was deferred by --max-conn-rate."
+    );
+    describe_counter!(
+        LINGERING_CLOSES,
+        Unit::Count,
+        "Closes the server started that shut the write side down and read until the peer's FIN (lingering close)."
+    );
+    describe_counter!(
+        LINGER_TIMEOUTS,
+        Unit::Count,
+        "Lingering closes that ended because the peer stayed quiet for --linger-timeout instead of sending FIN."
+    );
+    describe_gauge!(
+        WAITING_FOR_BUFFER,
+        Unit::Count,
+        "Connections waiting for a free receive buffer."
+    );
+    describe_counter!(
+        RESERVE_PAUSES,
+        Unit::Count,
+        "Times a connection holding buffers stopped reading early because the shard's buffer pool ran low (the reserve is kept for connections holding none)."
     );
     describe_gauge!(
         RESIDENT_MEMORY,

@@ -41,6 +41,10 @@ pub struct ShardMetrics {
     throttled: Gauge,
     pauses: Counter,
     accepts_deferred: Counter,
+    lingering_closes: Counter,
+    linger_timeouts: Counter,
+    waiting_for_buffer: Gauge,
+    reserve_pauses: Counter,
 }
 
 impl ShardMetrics {
@@ -70,7 +74,11 @@ impl ShardMetrics {
             completions: counter!(URING_COMPLETIONS, "shard" => s.clone()),
             throttled: gauge!(THROTTLED, "shard" => s.clone()),
             pauses: counter!(RATE_LIMIT_PAUSES, "shard" => s.clone()),
-            accepts_deferred: counter!(ACCEPTS_DEFERRED, "shard" => s),
+            accepts_deferred: counter!(ACCEPTS_DEFERRED, "shard" => s.clone()),
+            lingering_closes: counter!(LINGERING_CLOSES, "shard" => s.clone()),
+            linger_timeouts: counter!(LINGER_TIMEOUTS, "shard" => s.clone()),
+            waiting_for_buffer: gauge!(WAITING_FOR_BUFFER, "shard" => s.clone()),
+            reserve_pauses: counter!(RESERVE_PAUSES, "shard" => s),
         };
         m.flush_ref(&ShardCounters::default());
         m
@@ -101,6 +109,10 @@ impl ShardMetrics {
         self.throttled.set(c.throttled as f64);
         self.pauses.absolute(c.pauses);
         self.accepts_deferred.absolute(c.accepts_deferred);
+        self.lingering_closes.absolute(c.lingering_closes);
+        self.linger_timeouts.absolute(c.linger_timeouts);
+        self.waiting_for_buffer.set(c.waiting_for_buffer as f64);
+        self.reserve_pauses.absolute(c.reserve_pauses);
     }
 }
 
