@@ -48,7 +48,7 @@ impl Keepalive {
 pub struct EngineConfig {
     /// Size of one receive buffer in bytes.
     pub buffer_size: u32,
-    /// Receive buffers per shard (a power of two, at most 32768).
+    /// Most receive buffers per shard (a power of two, at most 32768; the pool grows up to this).
     pub buffers: u16,
     /// Close connections that sent nothing for this long while the server was ready to read;
     /// `None` = never.
@@ -85,7 +85,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             buffer_size: 2048,
-            buffers: 4096,
+            buffers: 16384,
             idle_timeout: Some(Duration::from_secs(60)),
             send_timeout: Some(Duration::from_secs(60)),
             linger_timeout: Duration::from_secs(2),

@@ -14,7 +14,9 @@ pub struct Buffers {
 }
 
 impl Buffers {
-    pub fn new(count: u16, size: u32) -> io::Result<Buffers> {
+    /// Reserves `count` buffers of `size` bytes and puts the first `provided` on the free list
+    /// ([`Buffers::provide`] adds more).
+    pub fn new(count: u16, size: u32, provided: u16) -> io::Result<Buffers> {
         if count == 0 || count == u16::MAX || size == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -32,8 +34,15 @@ impl Buffers {
         Ok(Buffers {
             mem: vec![0u8; total].into_boxed_slice(),
             size: size as usize,
-            free: (0..count).rev().collect(),
+            free: (0..provided.min(count)).rev().collect(),
         })
+    }
+
+    /// Puts buffers `from .. from + count` on the free list.
+    pub fn provide(&mut self, from: u16, count: u16) {
+        let end = (from as usize + count as usize).min(self.total());
+        self.free
+            .extend((from as usize..end).rev().map(|b| b as u16));
     }
 
     /// Bytes of one buffer.
@@ -93,7 +102,7 @@ mod tests {
 
     #[test]
     fn take_fill_and_recycle() {
-        let mut b = Buffers::new(4, 8).unwrap();
+        let mut b = Buffers::new(4, 8, 4).unwrap();
         assert_eq!((b.total(), b.free(), b.size()), (4, 4, 8));
         let x = b.take().unwrap();
         assert_eq!(x, 0, "lowest id first");
@@ -106,7 +115,7 @@ mod tests {
 
     #[test]
     fn exhaustion() {
-        let mut b = Buffers::new(2, 16).unwrap();
+        let mut b = Buffers::new(2, 16, 2).unwrap();
         let (x, y) = (b.take().unwrap(), b.take().unwrap());
         assert_ne!(x, y);
         assert_eq!(b.take(), None);
@@ -121,8 +130,8 @@ mod tests {
 
     #[test]
     fn bad_sizes_are_errors() {
-        assert!(Buffers::new(0, 16).is_err());
-        assert!(Buffers::new(4, 0).is_err());
-        assert!(Buffers::new(u16::MAX, 16).is_err());
+        assert!(Buffers::new(0, 16, 0).is_err());
+        assert!(Buffers::new(4, 0, 4).is_err());
+        assert!(Buffers::new(u16::MAX, 16, 1).is_err());
     }
 }

@@ -96,7 +96,12 @@ impl ShardLoop {
             (libc::EPOLLIN | libc::EPOLLET) as u32,
             LISTENER,
         )?;
-        let bufs = Buffers::new(config.buffers, config.buffer_size)?;
+        let machine = Machine::new(&config, shared.clone());
+        let bufs = Buffers::new(
+            config.buffers,
+            config.buffer_size,
+            machine.initial_buffers(),
+        )?;
         debug!(
             "shard {id}: epoll engine, {} buffers of {} B",
             bufs.total(),
@@ -106,7 +111,7 @@ impl ShardLoop {
             id,
             epoll,
             acceptor: Some(acceptor),
-            machine: Machine::new(&config, shared.clone()),
+            machine,
             bufs,
             again: Vec::new(),
             again_work: Vec::new(),
@@ -267,6 +272,7 @@ impl ShardLoop {
                         }
                     }
                 }
+                Action::Provide { from, count } => self.bufs.provide(from, count),
                 Action::Close(id) => {
                     // SAFETY: a live slot owns the descriptor equal to its index (see `admit`); the
                     // machine asks for its close once, and the slot is released right after, so

@@ -30,8 +30,11 @@ pub struct BufRing {
 }
 
 impl BufRing {
-    /// Allocates `entries` (a power of two ≤ 32768) buffers of `size` bytes, all handed to the ring.
-    pub fn new(entries: u16, size: u32, bgid: u16) -> io::Result<BufRing> {
+    /// Reserves `entries` (a power of two ≤ 32768) buffers of `size` bytes and hands the first
+    /// `provided` of them to the ring; [`BufRing::provide`] hands out more. The memory is a zeroed
+    /// allocation (fresh pages from the kernel), so only buffers the ring has handed out become resident:
+    /// the ring cycles through the provided ones only.
+    pub fn new(entries: u16, size: u32, bgid: u16, provided: u16) -> io::Result<BufRing> {
         if !entries.is_power_of_two() || entries > 32768 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -46,8 +49,8 @@ impl BufRing {
         // SAFETY: both layouts have a non-zero size (entries ≥ 2, size ≥ 64).
         let ring = NonNull::new(unsafe { alloc_zeroed(ring_layout) }.cast::<BufRingEntry>())
             .ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
-        // SAFETY: as above. Zeroed so the memory is committed lazily by the kernel (RSS grows only for
-        // buffers actually used).
+        // SAFETY: as above. Zeroed, so the allocator takes fresh pages from the kernel, which commits
+        // them lazily (RSS grows only for buffers actually handed to the ring and used).
         let Some(mem) = NonNull::new(unsafe { alloc_zeroed(mem_layout) }) else {
             // SAFETY: `ring` was allocated above with `ring_layout`.
             unsafe { dealloc(ring.as_ptr().cast(), ring_layout) };
@@ -64,11 +67,16 @@ impl BufRing {
             published: 0,
             bgid,
         };
-        for bid in 0..entries {
-            br.recycle(bid);
-        }
+        br.provide(0, provided.min(entries));
         br.publish();
         Ok(br)
+    }
+
+    /// Hands buffers `from .. from + count` to the ring (visible after the next `publish`).
+    pub fn provide(&mut self, from: u16, count: u16) {
+        for bid in from..from.saturating_add(count).min(self.entries) {
+            self.recycle(bid);
+        }
     }
 
     /// Registers the ring with the kernel under buffer group `bgid`.

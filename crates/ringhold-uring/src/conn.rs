@@ -46,6 +46,7 @@ impl State {
                 Action::Send(id) => self.start_send(io, id)?,
                 Action::ShutdownWrite(id) => self.shutdown_write(io, id)?,
                 Action::Close(id) => self.close(io, id)?,
+                Action::Provide { from, count } => self.bufs.provide(from, count),
             }
         }
         Ok(())
@@ -53,7 +54,7 @@ impl State {
 
     fn arm_recv(&mut self, io: &mut Io<'_>, id: Id) -> io::Result<()> {
         let bgid = self.bufs.bgid();
-        let single = self.machine.limits().rate_limited();
+        let single = self.machine.single_reads();
         let size = self.cfg.buffer_size;
         if !self.machine.wants_read(id.idx, id.gen) {
             return Ok(());
@@ -69,7 +70,8 @@ impl State {
         let e = if single {
             // A multishot receive keeps filling buffers until its cancel lands, so a pause would take
             // effect only after ~100 more reads (measured: 26 pauses of ~190 KiB each for 5 MiB at
-            // 1 MiB/s) and --check-every would mean nothing.
+            // 1 MiB/s), --check-every would mean nothing, and with buffers short, peers that never read
+            // would take the reserve meant for those that hold none.
             with_fd!(self.direct, id.idx, |f| opcode::Recv::new(
                 f,
                 std::ptr::null_mut(),

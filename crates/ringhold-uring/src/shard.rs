@@ -60,7 +60,8 @@ impl Shard {
             flush,
         } = spec;
         let (ring, _setup) = ring::build(id)?;
-        let bufs = BufRing::new(cfg.buffers, cfg.buffer_size, 0)?;
+        let machine = Machine::new(&cfg, shared.clone());
+        let bufs = BufRing::new(cfg.buffers, cfg.buffer_size, 0, machine.initial_buffers())?;
         bufs.register(&ring.submitter())?;
         let mut direct = cfg.direct_descriptors;
         if direct {
@@ -92,7 +93,7 @@ impl Shard {
         let st = State {
             id,
             listener,
-            machine: Machine::new(&cfg, shared.clone()),
+            machine,
             sockopt_vals: Box::new([
                 1,
                 ka.idle.as_secs() as libc::c_int,

@@ -115,8 +115,10 @@ pub struct ServeArgs {
     #[arg(long, env = "RINGHOLD_BUFFER_SIZE", default_value = "2KiB", value_parser = parse_buffer_size)]
     pub buffer_size: u32,
 
-    /// Receive buffers per shard (power of two, ≤ 32768). Bytes live only here while in flight.
-    #[arg(long, env = "RINGHOLD_BUFFERS", default_value = "4096", value_parser = parse_buffers)]
+    /// Most receive buffers per shard (power of two, ≤ 32768). Bytes live only here while in flight.
+    /// The pool starts at 1024 buffers and doubles when it runs low, up to this; memory is reserved up
+    /// front but committed only as buffers are used (so idle connections cost none of it).
+    #[arg(long, env = "RINGHOLD_BUFFERS", default_value = "16384", value_parser = parse_buffers)]
     pub buffers: u16,
 
     /// Most buffers one connection may hold while its echo waits for the peer to read (backpressure).

@@ -187,7 +187,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
 
     let total_buffers = shards as u64 * args.buffers as u64;
     info!(
-        "ringhold {} engine={} shards={shards} cores={ncores} pinned={} buffers={shards}×{}×{} ({}) \
+        "ringhold {} engine={} shards={shards} cores={ncores} pinned={} buffers={shards}×{}×{} (up to {}, committed as used) \
          fd_limit={} direct_descriptors={direct} {capacity} \
          idle_timeout={:?} send_timeout={:?} linger_timeout={:?} max_connections={}{}",
         env!("CARGO_PKG_VERSION"),

@@ -50,6 +50,9 @@ pub use out::Front;
 use out::{Out, Queue, Seg};
 use throttle::{ceil_ms, Throttles};
 
+/// Receive buffers a shard starts with; the pool grows on demand (doubling) up to `--buffers`.
+pub const INITIAL_BUFFERS: u16 = 1024;
+
 /// Static bytes up to this size are copied into the connection's generated slot rather than sent as a
 /// segment of their own, so that pipelined small responses go out in one send.
 const COPY_STATIC_MAX: usize = 1024;
@@ -75,6 +78,9 @@ pub enum Action {
     ShutdownWrite(Id),
     /// Close the descriptor once nothing is in flight for it, then call [`Machine::released`].
     Close(Id),
+    /// Add buffers `from .. from + count` to the pool (the machine counts them from now on). The
+    /// memory of every buffer up to `--buffers` is reserved at start-up but committed only when used.
+    Provide { from: u16, count: u16 },
 }
 
 /// The engine's receive buffers, as the machine needs them.
@@ -97,7 +103,7 @@ pub struct Limits {
     pub linger_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub protocol: Protocol,
-    /// Receive buffers of the shard.
+    /// Most receive buffers of the shard (`--buffers`).
     pub buffers: u16,
 }
 
@@ -146,6 +152,10 @@ const PARK: u32 = u32::MAX;
 pub struct Machine {
     lim: Limits,
     shared: Arc<Shared>,
+    /// Buffers handed to the engine's pool so far (≤ `lim.buffers`).
+    capacity: u32,
+    /// Connections holding at least one buffer or generated slot.
+    holders: u32,
     slots: Slots,
     limiters: Vec<Limiter>,
     out: Out,
@@ -230,10 +240,9 @@ impl Machine {
             wheel,
             shared,
             out: Out::new(lim.buffers as usize),
-            counters: ShardCounters {
-                buffers_total: lim.buffers as u64,
-                ..ShardCounters::default()
-            },
+            counters: ShardCounters::default(),
+            capacity: lim.buffers.min(INITIAL_BUFFERS) as u32,
+            holders: 0,
             lim,
             slots: Slots::new(),
             limiters: Vec::new(),
@@ -325,9 +334,15 @@ impl Machine {
         d
     }
 
+    /// Buffers the engine's pool starts with (`0 .. initial_buffers()`); more come with
+    /// [`Action::Provide`].
+    pub fn initial_buffers(&self) -> u16 {
+        self.capacity as u16
+    }
+
     /// Counters with the gauges brought up to date, for a flush.
     pub fn counters(&mut self) -> &ShardCounters {
-        self.counters.buffers_total = self.lim.buffers as u64;
+        self.counters.buffers_total = self.capacity as u64;
         self.counters.buffers_in_use = self.out.buffers_held() as u64;
         self.counters.waiting_for_buffer = self.waiters.len() as u64;
         &self.counters
@@ -338,8 +353,32 @@ impl Machine {
         self.date = date;
     }
 
+    /// Buffers in the engine's pool now.
     fn free_buffers(&self) -> u32 {
-        (self.lim.buffers as u32).saturating_sub(self.out.buffers_held())
+        self.capacity.saturating_sub(self.out.buffers_held())
+    }
+
+    /// Grows the pool (doubling, up to `--buffers`) once a quarter of it or less is free.
+    fn maybe_grow(&mut self) {
+        let max = self.lim.buffers as u32;
+        if self.capacity >= max || self.free_buffers() > self.capacity / 4 {
+            return;
+        }
+        let count = self.capacity.min(max - self.capacity);
+        self.actions.push_back(Action::Provide {
+            from: self.capacity as u16,
+            count: count as u16,
+        });
+        self.capacity += count;
+    }
+
+    /// Keeps `holders` right when a connection's holding goes from `before` to `after`.
+    fn note_holding(&mut self, before: u16, after: u16) {
+        match (before, after) {
+            (0, a) if a > 0 => self.holders += 1,
+            (b, 0) if b > 0 => self.holders -= 1,
+            _ => {}
+        }
     }
 
     /// The tick of shard time `ms` on the wheel.
@@ -431,7 +470,11 @@ impl Machine {
             c.stamp = tick;
         }
         c.clear(flag::PROBED);
+        let before = c.queued;
         let step = self.run_protocol(pool, idx, gen, bid, n);
+        let after = self.slots.get(idx, gen).map_or(0, |c| c.queued);
+        self.note_holding(before, after);
+        self.maybe_grow();
         if let Step::Close(how) = step {
             let reason = match how {
                 Closing::Done => CloseReason::PeerClosed,
@@ -466,7 +509,10 @@ impl Machine {
                 generated: &mut self.generated,
             };
             let step = c.proto.on_peer_fin(&mut rec);
+            let before = c.queued;
             self.replay_copies(idx, gen, &[]);
+            let after = self.slots.get(idx, gen).map_or(0, |c| c.queued);
+            self.note_holding(before, after);
             if let Step::Close(Closing::Violation) = step {
                 self.close_gracefully(idx, gen, CloseReason::ProtocolError);
                 return;
@@ -509,6 +555,7 @@ impl Machine {
             return;
         }
         c.stamp = tick;
+        let before = c.queued;
         let r = self.out.consume(&mut c.out, n);
         if let Some(bid) = r.buffer {
             pool.recycle(bid);
@@ -520,6 +567,8 @@ impl Machine {
         if c.out.is_empty() {
             c.clear(flag::SENDING);
         }
+        let after = c.queued;
+        self.note_holding(before, after);
         self.check_allowance(idx, gen);
         self.sync(idx, gen);
     }
@@ -536,6 +585,8 @@ impl Machine {
         }
         let c = self.slots.get_mut(idx, gen).expect("live");
         let (mut outq, mut hold) = (c.out, c.hold);
+        let before = c.queued;
+        self.note_holding(before, 0);
         while !outq.is_empty() {
             if let Some(bid) = self.out.pop(&mut outq).buffer {
                 pool.recycle(bid);
@@ -759,20 +810,29 @@ impl Machine {
         pause
     }
 
-    /// How many buffers a connection may hold before it stops reading: `--pending-buffers` while at
-    /// least half the pool is free, shrinking in proportion below that, and once only the reserve
-    /// (1/8 of the pool) is free, none beyond what it holds: the rest is for connections holding none.
-    fn allowance(&self) -> u16 {
-        let total = self.lim.buffers as u32;
-        let free = self.free_buffers();
-        if free <= total / 8 {
+    /// How many buffers a connection may hold before it stops reading. The pool (up to `--buffers`,
+    /// counting what it can still grow by) keeps a reserve of 1/8 for connections that hold none, and
+    /// owes every other connection that holds none one buffer; what is left is shared among the
+    /// connections holding buffers, each getting 1 plus its share, at most `--pending-buffers`. Once
+    /// only the reserve is free, 0: a connection holding any buffer stops reading, so that a
+    /// well-behaved client among thousands of peers that never read what they are sent is still served.
+    /// When a shard holds more connections than buffers, each connection echoes one buffer at a time.
+    pub fn allowance(&self) -> u16 {
+        let max = self.lim.buffers as u32;
+        let free = max.saturating_sub(self.out.buffers_held());
+        let reserve = max / 8;
+        if free <= reserve {
             return 0;
         }
-        let half = (total / 2).max(1);
-        if free >= half {
-            return self.lim.max_queued;
-        }
-        ((self.lim.max_queued as u32 * free / half) as u16).max(1)
+        let owed = (self.slots.live() as u32).saturating_sub(self.holders);
+        let spare = free.saturating_sub(reserve + owed);
+        (1 + spare / (self.holders + 1)).min(self.lim.max_queued as u32) as u16
+    }
+
+    /// Whether receives should take one buffer at a time (a rate limit is set, or buffers are short):
+    /// then a decision to stop reading takes effect at once.
+    pub fn single_reads(&self) -> bool {
+        self.lim.rate_limited() || self.allowance() < self.lim.max_queued
     }
 
     /// Sets or clears backpressure after a connection's holding (or the pool) changed.
