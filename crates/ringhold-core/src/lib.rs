@@ -15,6 +15,7 @@ pub mod config;
 pub mod conn;
 pub mod counters;
 pub mod engine;
+pub mod http;
 pub mod pool;
 pub mod protocol;
 pub mod shared;
