@@ -4,7 +4,7 @@
 //! socket: the per-connection state ([`conn::Conn`], a few dozen bytes), the buffer pool and the
 //! per-connection chains of in-flight buffers ([`pool`]), the per-shard slot slab with generations
 //! ([`slab`]), the coarse idle-timeout wheel ([`wheel`]), token buckets ([`bucket`]), shard-wide
-//! counters ([`counters`]), the process-wide admission state ([`shared`]), the engine configuration
+//! counters ([`counters`]), the HTTP/1.1 protocol of `--protocol http` ([`http`]), the process-wide admission state ([`shared`]), the engine configuration
 //! ([`config`]) and the human-unit parsers used by the CLI ([`units`]).
 //!
 //! What this crate must not do: open sockets, make syscalls, spawn threads, allocate per message or per

@@ -91,7 +91,10 @@ fn version_error(head: &[u8]) -> HttpError {
     }
 }
 
-fn interpret(cfg: &HttpConfig, req: &httparse::Request<'_, '_>) -> Result<Request, (Method, HttpError)> {
+fn interpret(
+    cfg: &HttpConfig,
+    req: &httparse::Request<'_, '_>,
+) -> Result<Request, (Method, HttpError)> {
     let method = method_of(req);
     if method == Method::Other {
         return Err((method, HttpError::NotImplemented));
@@ -140,7 +143,7 @@ fn interpret(cfg: &HttpConfig, req: &httparse::Request<'_, '_>) -> Result<Reques
     }
 
     // RFC 9112 3.2: an HTTP/1.1 request without exactly one Host is a 400.
-    if http11 && hosts != 1 || hosts > 1 {
+    if (http11 && hosts != 1) || hosts > 1 {
         return bad(HttpError::BadRequest);
     }
     let body = if te_count > 0 {
@@ -162,10 +165,12 @@ fn interpret(cfg: &HttpConfig, req: &httparse::Request<'_, '_>) -> Result<Reques
     };
     let close = conn_close || !http11 && !conn_keep_alive;
     let length = match method {
-        Method::Get | Method::Head => match query_length(req.path.unwrap_or(""), cfg.length_cap()) {
-            Some(n) => n,
-            None => return bad(HttpError::BadRequest),
-        },
+        Method::Get | Method::Head => {
+            match query_length(req.path.unwrap_or(""), cfg.length_cap()) {
+                Some(n) => n,
+                None => return bad(HttpError::BadRequest),
+            }
+        }
         _ => 0,
     };
     Ok(Request {
@@ -238,9 +243,16 @@ mod tests {
         assert_eq!(query_length("/p?a=b&length=4096&length=9", cap), Some(4096));
         assert_eq!(query_length("/?length=0007#frag", cap), Some(7));
         assert_eq!(query_length("http://h/?length=5", cap), Some(5));
-        for bad in ["/?length=0", "/?length=4097", "/?length=", "/?length", "/?length=-1",
-            "/?length=+1", "/?length=1x", "/?length=99999999999999999999999"]
-        {
+        for bad in [
+            "/?length=0",
+            "/?length=4097",
+            "/?length=",
+            "/?length",
+            "/?length=-1",
+            "/?length=+1",
+            "/?length=1x",
+            "/?length=99999999999999999999999",
+        ] {
             assert_eq!(query_length(bad, cap), None, "{bad}");
         }
         assert_eq!(query_length("/", 10), Some(10));
@@ -248,9 +260,18 @@ mod tests {
 
     #[test]
     fn version_classes() {
-        assert_eq!(version_error(b"GET / HTTP/2.0\r\n"), HttpError::VersionNotSupported);
-        assert_eq!(version_error(b"\r\nGET / HTTP/1.2"), HttpError::VersionNotSupported);
-        assert_eq!(version_error(b"GET / HTTP/3 x"), HttpError::VersionNotSupported);
+        assert_eq!(
+            version_error(b"GET / HTTP/2.0\r\n"),
+            HttpError::VersionNotSupported
+        );
+        assert_eq!(
+            version_error(b"\r\nGET / HTTP/1.2"),
+            HttpError::VersionNotSupported
+        );
+        assert_eq!(
+            version_error(b"GET / HTTP/3 x"),
+            HttpError::VersionNotSupported
+        );
         assert_eq!(version_error(b"GET / HTTX/1.1\r\n"), HttpError::BadRequest);
         assert_eq!(version_error(b"GET / HTTP/x"), HttpError::BadRequest);
         assert_eq!(version_error(b"GET /\r\n"), HttpError::BadRequest);

@@ -16,7 +16,7 @@
 //!
 //! Request heads are parsed by httparse, whole: a head split across reads is held by the machine
 //! ([`Step::Hold`]) and handed in again, longer, up to [`HttpConfig::max_header_bytes`]. Bodies are
-//! followed byte by byte ([`chunked`]), so everything else resumes at any byte. The per-connection
+//! followed byte by byte (`chunked.rs`), so everything else resumes at any byte. The per-connection
 //! state is [`HttpConn`], 16 bytes, `Copy`, no heap.
 
 mod chunked;
@@ -191,7 +191,12 @@ impl HttpConn {
 
     /// The peer sent FIN. Between requests: close ([`Closing::Done`]). In the middle of a head: 400
     /// and close; in the middle of a body: close ([`Closing::Violation`] for both).
-    pub fn on_peer_fin(&mut self, ctx: &Ctx<'_>, sink: &mut impl Sink, stats: &mut HttpStats) -> Step {
+    pub fn on_peer_fin(
+        &mut self,
+        ctx: &Ctx<'_>,
+        sink: &mut impl Sink,
+        stats: &mut HttpStats,
+    ) -> Step {
         match self.phase {
             Phase::Closed => Step::Close(self.closing()),
             Phase::Head if self.flags & flag::HELD == 0 => self.close(Closing::Done),

@@ -157,7 +157,10 @@ mod tests {
     #[test]
     fn body_text_repeats_the_phrase() {
         assert_eq!(&BODY_TEXT[..PHRASE.len()], PHRASE);
-        assert_eq!(BODY_TEXT[BODY_TEXT_LEN - 1], PHRASE[(BODY_TEXT_LEN - 1) % PHRASE.len()]);
+        assert_eq!(
+            BODY_TEXT[BODY_TEXT_LEN - 1],
+            PHRASE[(BODY_TEXT_LEN - 1) % PHRASE.len()]
+        );
         assert!(BODY_TEXT.is_ascii());
     }
 
@@ -169,7 +172,9 @@ mod tests {
             Framing::Length(u64::MAX),
             ConnHeader::KeepAlive,
         );
-        assert!(h.bytes().ends_with(b"Content-Length: 18446744073709551615\r\nConnection: keep-alive\r\n\r\n"));
+        assert!(h
+            .bytes()
+            .ends_with(b"Content-Length: 18446744073709551615\r\nConnection: keep-alive\r\n\r\n"));
         assert!(h.bytes().len() < MAX_GENERATED / 2);
     }
 }

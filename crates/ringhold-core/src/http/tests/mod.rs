@@ -33,7 +33,11 @@ impl Sink for RecSink {
         self.segs.push(Seg::Static(bytes));
     }
     fn generated(&mut self, bytes: &[u8]) {
-        assert!(bytes.len() <= MAX_GENERATED, "generated {} bytes", bytes.len());
+        assert!(
+            bytes.len() <= MAX_GENERATED,
+            "generated {} bytes",
+            bytes.len()
+        );
         self.segs.push(Seg::Generated(bytes.to_vec()));
     }
 }

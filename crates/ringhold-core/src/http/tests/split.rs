@@ -77,14 +77,14 @@ fn req_strategy() -> impl Strategy<Value = Req> {
     prop_oneof![
         (prop::option::of(1u32..3000), any::<bool>(), any::<bool>())
             .prop_map(|(length, head, v10)| Req::Get { length, head, v10 }),
-        (body, any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
-            |(body, put, expect, v10)| Req::Echo {
+        (body, any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(body, put, expect, v10)| {
+            Req::Echo {
                 body,
                 put,
                 expect,
-                v10
+                v10,
             }
-        ),
+        }),
         (
             prop::collection::vec(
                 (prop::collection::vec(any::<u8>(), 1..30), any::<bool>()),

@@ -59,7 +59,13 @@ fn bad_or_out_of_range_length_is_400() {
         max_length: 100,
         ..HttpConfig::default()
     };
-    for q in ["length=0", "length=101", "length=abc", "length=", "length=-5"] {
+    for q in [
+        "length=0",
+        "length=101",
+        "length=abc",
+        "length=",
+        "length=-5",
+    ] {
         let req = format!("GET /?{q} HTTP/1.1\r\nHost: x\r\n\r\n");
         let d = run_with(cfg, req.as_bytes());
         assert_eq!(d.last, Step::Close(Closing::Violation), "{q}");
@@ -110,7 +116,8 @@ fn put_without_body_answers_empty() {
 
 #[test]
 fn chunked_request_is_echoed_chunked_verbatim() {
-    let body: &[u8] = b"5;name=val\r\nhello\r\n1 \r\n!\r\nA\r\n0123456789\r\n0\r\nX-Sum: 1\r\nX-B: two\r\n\r\n";
+    let body: &[u8] =
+        b"5;name=val\r\nhello\r\n1 \r\n!\r\nA\r\n0123456789\r\n0\r\nX-Sum: 1\r\nX-B: two\r\n\r\n";
     let mut req = b"PUT / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     req.extend_from_slice(body);
     req.extend_from_slice(GET);
@@ -172,7 +179,10 @@ fn chunked_body_over_the_limit_is_cut() {
     let mut want = ok_head(CHUNKED, "");
     want.extend_from_slice(b"1");
     assert_out(&d, &want);
-    assert_eq!(d.stats.protocol_errors[HttpError::PayloadTooLarge as usize], 1);
+    assert_eq!(
+        d.stats.protocol_errors[HttpError::PayloadTooLarge as usize],
+        1
+    );
     // Exactly 20 bytes of chunked body fit; one more is cut.
     let body = b"a\r\n0123456789\r\n0\r\n\r\n";
     assert_eq!(body.len(), 20);
@@ -224,7 +234,8 @@ fn a_split_head_is_held_from_its_start_and_parsed_whole() {
 
 #[test]
 fn connection_close_is_honoured() {
-    let mut input = b"GET /?length=4 HTTP/1.1\r\nHost: x\r\nConnection: Keep-Alive, close\r\n\r\n".to_vec();
+    let mut input =
+        b"GET /?length=4 HTTP/1.1\r\nHost: x\r\nConnection: Keep-Alive, close\r\n\r\n".to_vec();
     input.extend_from_slice(GET); // ignored: after the close
     let d = run(&input);
     assert_eq!(d.last, Step::Close(Closing::Done));
@@ -268,7 +279,8 @@ fn http10_closes_unless_keep_alive() {
 #[test]
 fn expect_100_continue() {
     let mut d = Driver::new(HttpConfig::default());
-    let step = d.feed(b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\nContent-Length: 2\r\n\r\n");
+    let step =
+        d.feed(b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\nContent-Length: 2\r\n\r\n");
     assert_eq!(step, Step::Continue);
     let mut want = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
     want.extend_from_slice(&ok_head(&cl(2), ""));
@@ -279,8 +291,12 @@ fn expect_100_continue() {
     assert_eq!(d.stats.continues, 1);
 
     // Chunked too; not for HTTP/1.0, not without a body, not when refused.
-    let d = run(b"PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n");
-    assert!(d.out.starts_with(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"));
+    let d = run(
+        b"PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n",
+    );
+    assert!(d
+        .out
+        .starts_with(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"));
     let d = run(b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n");
     assert!(d.out.starts_with(b"HTTP/1.1 200 OK\r\n"));
     let d = run(b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n");
@@ -289,7 +305,10 @@ fn expect_100_continue() {
         max_body_bytes: 10,
         ..HttpConfig::default()
     };
-    let d = run_with(cfg, b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 11\r\n\r\n");
+    let d = run_with(
+        cfg,
+        b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 11\r\n\r\n",
+    );
     assert_out(&d, &error_answer(413));
     assert_eq!(d.stats.continues, 0);
 }
@@ -300,11 +319,17 @@ fn head_over_the_limit_is_431() {
         max_header_bytes: 64,
         ..HttpConfig::default()
     };
-    let exact = format!("GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n", "a".repeat(64 - 32));
+    let exact = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n",
+        "a".repeat(64 - 32)
+    );
     assert_eq!(exact.len(), 64);
     let d = run_with(cfg, exact.as_bytes());
     assert_eq!(d.last, Step::Continue);
-    let over = format!("GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n", "a".repeat(64 - 31));
+    let over = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n",
+        "a".repeat(64 - 31)
+    );
     let d = run_with(cfg, over.as_bytes());
     assert_eq!(d.last, Step::Close(Closing::Violation));
     assert_out(&d, &error_answer(431));
@@ -319,7 +344,10 @@ fn head_over_the_limit_is_431() {
         }
     }
     assert_out(&d, &error_answer(431));
-    assert_eq!(d.stats.protocol_errors[HttpError::HeaderTooLarge as usize], 1);
+    assert_eq!(
+        d.stats.protocol_errors[HttpError::HeaderTooLarge as usize],
+        1
+    );
 }
 
 #[test]
@@ -339,7 +367,10 @@ fn content_length_over_the_limit_is_413() {
         max_body_bytes: 100,
         ..HttpConfig::default()
     };
-    let d = run_with(cfg, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n");
+    let d = run_with(
+        cfg,
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n",
+    );
     assert_eq!(d.last, Step::Continue);
     for len in ["101", "99999999999999999999999999"] {
         let req = format!("PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n");
@@ -419,7 +450,8 @@ fn head_errors_have_no_body() {
 
 #[test]
 fn a_get_body_is_read_and_dropped() {
-    let mut input = b"GET /?length=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nxxxxx".to_vec();
+    let mut input =
+        b"GET /?length=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nxxxxx".to_vec();
     input.extend_from_slice(b"GET /?length=2 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nyy\r\n0\r\n\r\n");
     input.extend_from_slice(b"GET /?length=3 HTTP/1.1\r\nHost: x\r\n\r\n");
     let d = run(&input);
@@ -485,7 +517,10 @@ fn after_close_nothing_more_is_answered() {
         conn.on_input(&cfg, &ctx, &mut get, &mut sink, &mut stats),
         Step::Close(Closing::Violation)
     );
-    assert_eq!(conn.on_peer_fin(&ctx, &mut sink, &mut stats), Step::Close(Closing::Violation));
+    assert_eq!(
+        conn.on_peer_fin(&ctx, &mut sink, &mut stats),
+        Step::Close(Closing::Violation)
+    );
     assert_eq!(sink.segs.len(), n);
 }
 
@@ -509,8 +544,14 @@ fn stats_add_up() {
     total.add(s);
     assert_eq!(total.requests(Method::Get), 6);
     assert_eq!(total.protocol_errors.iter().sum::<u64>(), 2);
-    assert_eq!(HttpError::ALL.map(|e| e.label()), ["400", "413", "431", "501", "505"]);
-    assert_eq!(Method::ALL.map(|m| m.label()), ["GET", "HEAD", "POST", "PUT", "other"]);
+    assert_eq!(
+        HttpError::ALL.map(|e| e.label()),
+        ["400", "413", "431", "501", "505"]
+    );
+    assert_eq!(
+        Method::ALL.map(|m| m.label()),
+        ["GET", "HEAD", "POST", "PUT", "other"]
+    );
 }
 
 #[test]
