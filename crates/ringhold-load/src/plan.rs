@@ -13,6 +13,9 @@ use crate::pattern;
 #[command(
     long_about = "Opens and holds --connections TCP connections to an echo server, sends each a \
 heartbeat every --interval (or --rate messages per second in total) and verifies every echoed byte. \
+With --protocol http the heartbeats are HTTP/1.1 keep-alive GETs (`?length=N`), each answer checked for \
+status 200 and its body length; --http-kit runs the http-kit client pattern (random lengths, random \
+pauses after each answer). \
 Connections use io_uring direct descriptors, so one process holds far more connections than its fd limit \
 (RLIMIT_NOFILE bounds each ring's fixed-file table, not the total). Exits 0 when every connection was \
 made and held and every heartbeat came back intact, 1 otherwise, 2 on a usage or setup error."

@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """HTTP/1.1 keep-alive server (Python's http.server) for ringhold-load's `--protocol http` tests.
 
-Usage: http_server.py [--status CODE] [--extra N]
+Usage: http_server.py [--status CODE] [--extra N] [--split-head]
 Listens on 127.0.0.1 (port 0), prints 'listening on 127.0.0.1:PORT' on stdout. Answers GET with
 `?length=N` (default 1024) bytes of text/plain, Content-Length and keep-alive (the http-kit handler).
 --status CODE: answer with that status instead of 200. --extra N: send N body bytes more than asked
-(with a matching Content-Length), to test that a wrong length is detected.
+(with a matching Content-Length), to test that a wrong length is detected. --split-head: send each
+answer's head in two writes 20 ms apart (TCP_NODELAY), so that it arrives split across reads.
 """
 import resource
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -18,6 +20,7 @@ TEXT = b"http-kit is a http server & client written from scratch for high perfor
 def main():
     status = 200
     extra = 0
+    split = False
     args = sys.argv[1:]
     while args:
         a = args.pop(0)
@@ -25,6 +28,8 @@ def main():
             status = int(args.pop(0))
         elif a == "--extra":
             extra = int(args.pop(0))
+        elif a == "--split-head":
+            split = True
         else:
             sys.exit(f"unknown argument {a}")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -32,6 +37,7 @@ def main():
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
 
         def do_GET(self):
             q = parse_qs(urlsplit(self.path).query)
@@ -40,8 +46,16 @@ def main():
             self.send_response(status)
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            if split:
+                self._headers_buffer.append(b"\r\n")
+                head = b"".join(self._headers_buffer)
+                self._headers_buffer = []
+                self.wfile.write(head[:20])
+                time.sleep(0.02)
+                self.wfile.write(head[20:] + body)
+            else:
+                self.end_headers()
+                self.wfile.write(body)
 
         def log_message(self, *args):
             pass

@@ -392,3 +392,27 @@ fn an_http_answer_of_the_wrong_length_is_a_mismatch() {
     assert_eq!(n(&j, "failures.mismatch"), 20, "{j:#}");
     assert_eq!(n(&j, "heartbeats.echoed"), 0);
 }
+
+#[test]
+fn an_http_head_split_across_reads_is_put_together() {
+    let Some(server) = EchoServer::start_http(&["--split-head"]) else {
+        return;
+    };
+    let (code, j) = load(
+        &server.addr,
+        "http-split",
+        &[
+            "--protocol",
+            "http",
+            "--connections",
+            "20",
+            "--interval",
+            "200ms",
+            "--duration",
+            "1s",
+        ],
+    );
+    assert_eq!(j["ok"], true, "{j:#}");
+    assert_eq!(code, ExitCode::SUCCESS);
+    assert!(n(&j, "heartbeats.echoed") >= 40, "{j:#}");
+}
