@@ -5,8 +5,9 @@
 //! in, actions out, output queues), the per-connection state ([`conn::Conn`], at most 64 bytes), the
 //! protocol seam ([`protocol`]), the per-shard slot slab with generations ([`slab`]), the coarse timer
 //! wheel ([`wheel`]), token buckets ([`bucket`]), shard-wide
-//! counters ([`counters`]), the process-wide admission state ([`shared`]), the engine configuration
-//! ([`config`]) and the human-unit parsers used by the CLI ([`units`]).
+//! counters ([`counters`]), the HTTP/1.1 protocol of `--protocol http` ([`http`]), the process-wide
+//! admission state ([`shared`]), the engine configuration ([`config`]) and the human-unit parsers used
+//! by the CLI ([`units`]).
 //!
 //! What this crate must not do: open sockets, make syscalls, spawn threads, allocate per message or per
 //! idle connection, or know which engine runs it.
@@ -16,6 +17,7 @@ pub mod config;
 pub mod conn;
 pub mod counters;
 pub mod engine;
+pub mod http;
 pub mod machine;
 pub mod protocol;
 pub mod shared;

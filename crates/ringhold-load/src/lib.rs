@@ -1,5 +1,7 @@
 //! `ringhold load`: opens and holds up to a million TCP connections from one process, sends each a
-//! heartbeat per interval (or a constant total rate) and verifies every echoed byte.
+//! heartbeat per interval (or a constant total rate) and verifies every echoed byte. With
+//! `--protocol http` the heartbeats are HTTP/1.1 keep-alive GETs whose answers are checked for status
+//! and body length (optionally in the http-kit client pattern).
 //!
 //! Each worker thread owns one io_uring with a fixed-file table and a provided buffer ring; sockets
 //! live only as direct descriptors, so the process fd limit bounds a table (RLIMIT_NOFILE slots), not
@@ -23,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-pub use plan::{LoadArgs, SetupMode, Sources};
+pub use plan::{LoadArgs, LoadProtocol, SetupMode, Sources};
 
 use plan::Plan;
 use report::Outcome;

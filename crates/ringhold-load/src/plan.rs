@@ -13,6 +13,9 @@ use crate::pattern;
 #[command(
     long_about = "Opens and holds --connections TCP connections to an echo server, sends each a \
 heartbeat every --interval (or --rate messages per second in total) and verifies every echoed byte. \
+With --protocol http the heartbeats are HTTP/1.1 keep-alive GETs (`?length=N`), each answer checked for \
+status 200 and its body length; --http-kit runs the http-kit client pattern (random lengths, random \
+pauses after each answer). \
 Connections use io_uring direct descriptors, so one process holds far more connections than its fd limit \
 (RLIMIT_NOFILE bounds each ring's fixed-file table, not the total). Exits 0 when every connection was \
 made and held and every heartbeat came back intact, 1 otherwise, 2 on a usage or setup error."
@@ -43,9 +46,33 @@ pub struct LoadArgs {
     #[arg(long, env = "RINGHOLD_SOURCES", value_parser = parse_sources)]
     pub sources: Option<Sources>,
 
-    /// Heartbeat size (at least 8 bytes: connection id and sequence number, then a checked pattern).
-    #[arg(long, env = "RINGHOLD_MESSAGE_SIZE", default_value = "64", value_parser = parse_size)]
-    pub message_size: u64,
+    /// What to speak: `echo` (heartbeats echoed byte for byte) or `http` (HTTP/1.1 keep-alive GETs,
+    /// each answer checked for status 200 and its body length).
+    #[arg(long, env = "RINGHOLD_PROTOCOL", value_enum, default_value = "echo")]
+    pub protocol: LoadProtocol,
+
+    /// Heartbeat size: echo, at least 8 bytes (connection id and sequence number, then a checked
+    /// pattern; default 64); http, the body length each GET asks for with `?length=N` (default 1024).
+    #[arg(long, env = "RINGHOLD_MESSAGE_SIZE", value_parser = parse_size)]
+    pub message_size: Option<u64>,
+
+    /// http: the path of each GET (`?length=N` is added to its query).
+    #[arg(long, env = "RINGHOLD_HTTP_PATH", default_value = "/")]
+    pub http_path: String,
+
+    /// http: the http-kit client pattern (seed 003) instead of --interval/--rate: each connection
+    /// asks for a random length (--http-kit-length) as soon as it is connected, and again after a
+    /// random pause (--http-kit-pause) once each answer has arrived.
+    #[arg(long, env = "RINGHOLD_HTTP_KIT")]
+    pub http_kit: bool,
+
+    /// http-kit pattern: the range `?length=` is drawn from, uniformly.
+    #[arg(long, env = "RINGHOLD_HTTP_KIT_LENGTH", default_value = "1-4096", value_parser = parse_size_range)]
+    pub http_kit_length: (u64, u64),
+
+    /// http-kit pattern: the range of the pause after each answer, uniformly.
+    #[arg(long, env = "RINGHOLD_HTTP_KIT_PAUSE", default_value = "5s-45s", value_parser = parse_duration_range)]
+    pub http_kit_pause: (Duration, Duration),
 
     /// Each connection sends one heartbeat per interval and checks its echo (0 = hold the connections
     /// idle, send nothing).
@@ -88,6 +115,21 @@ pub struct LoadArgs {
     /// ring's table and close it), `auto` (ring when the kernel has IORING_OP_BIND).
     #[arg(long, env = "RINGHOLD_SETUP", value_enum, default_value = "auto")]
     pub setup: SetupMode,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadProtocol {
+    Echo,
+    Http,
+}
+
+impl LoadProtocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            LoadProtocol::Echo => "echo",
+            LoadProtocol::Http => "http",
+        }
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,14 +187,58 @@ pub fn parse_rate(s: &str) -> Result<f64, String> {
     }
 }
 
+/// `MIN-MAX` sizes (`1-4096`, `1KiB-4KiB`) or one size.
+pub fn parse_size_range(s: &str) -> Result<(u64, u64), String> {
+    let (a, b) = s.split_once('-').unwrap_or((s, s));
+    let (a, b) = (parse_size(a)?, parse_size(b)?);
+    if a > b {
+        return Err(format!("'{s}': the range ends before it starts"));
+    }
+    Ok((a, b))
+}
+
+/// `MIN-MAX` durations (`5s-45s`, `100ms-1s`) or one duration.
+pub fn parse_duration_range(s: &str) -> Result<(Duration, Duration), String> {
+    let (a, b) = s.split_once('-').unwrap_or((s, s));
+    let (a, b) = (parse_duration(a)?, parse_duration(b)?);
+    if a > b {
+        return Err(format!("'{s}': the range ends before it starts"));
+    }
+    Ok((a, b))
+}
+
+/// The HTTP side of a plan.
+#[derive(Debug, Clone)]
+pub struct HttpPlan {
+    /// Request path; `?length=N` (or `&length=N`) is appended.
+    pub path: String,
+    /// `Host` header value.
+    pub host: String,
+    /// The http-kit pattern: (length range, pause range in µs). None: fixed length and schedule.
+    pub kit: Option<HttpKit>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct HttpKit {
+    pub length: (u32, u32),
+    pub pause_us: (u64, u64),
+}
+
+/// Longest `--http-path`: a request must fit one small send buffer.
+pub const MAX_HTTP_PATH: usize = 1024;
+
 /// Everything the workers need, derived once from the flags.
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub target: SocketAddr,
     pub connections: u32,
     pub sources: Vec<Ipv4Addr>,
+    /// Echo: heartbeat size. HTTP: the body length each GET asks for (http-kit: see `http`).
     pub message_size: usize,
-    /// Heartbeat period per connection (None: hold idle).
+    pub protocol: LoadProtocol,
+    /// Set when `protocol` is HTTP.
+    pub http: Option<HttpPlan>,
+    /// Heartbeat period per connection (None: hold idle, or the http-kit pattern).
     pub period: Option<Duration>,
     pub rate: Option<f64>,
     pub duration: Duration,
@@ -192,14 +278,34 @@ impl Plan {
         if !sources.is_empty() && target.is_ipv6() {
             return Err("--sources are IPv4 addresses but --target is IPv6".into());
         }
-        let message_size = usize::try_from(a.message_size).unwrap_or(usize::MAX);
-        if !(pattern::MIN_SIZE..=(1 << 20)).contains(&message_size) {
-            return Err(format!(
-                "--message-size must be {} B..1 MiB",
-                pattern::MIN_SIZE
-            ));
+        let http_default = if a.protocol == LoadProtocol::Http {
+            1024
+        } else {
+            64
+        };
+        let message_size =
+            usize::try_from(a.message_size.unwrap_or(http_default)).unwrap_or(usize::MAX);
+        let min_size = match a.protocol {
+            LoadProtocol::Echo => pattern::MIN_SIZE,
+            LoadProtocol::Http => 1,
+        };
+        if !(min_size..=(1 << 20)).contains(&message_size) {
+            return Err(format!("--message-size must be {min_size} B..1 MiB"));
         }
+        let http = match a.protocol {
+            LoadProtocol::Echo if a.http_kit => {
+                return Err("--http-kit needs --protocol http".into())
+            }
+            LoadProtocol::Echo => None,
+            LoadProtocol::Http => Some(http_plan(a)?),
+        };
         let period = match a.rate {
+            _ if a.http_kit => {
+                if a.rate.is_some() {
+                    return Err("--http-kit sets its own pauses: drop --rate".into());
+                }
+                None
+            }
             Some(r) if r > 0.0 => Some(Duration::from_secs_f64(f64::from(a.connections) / r)),
             Some(_) => {
                 return Err("--rate must be above 0 (use --interval 0 to send nothing)".into())
@@ -248,6 +354,8 @@ impl Plan {
             connections: a.connections,
             sources,
             message_size,
+            protocol: a.protocol,
+            http,
             period,
             rate: a.rate,
             duration: a.duration,
@@ -260,6 +368,15 @@ impl Plan {
             setup: a.setup,
             notes,
         })
+    }
+
+    /// Whether connections send anything (heartbeats, requests) or are only held.
+    pub fn sends(&self) -> bool {
+        self.period.is_some() || self.http_kit().is_some()
+    }
+
+    pub fn http_kit(&self) -> Option<HttpKit> {
+        self.http.as_ref().and_then(|h| h.kit)
     }
 
     /// How many connections worker `w` opens: global connection k goes to worker k % workers.
@@ -276,6 +393,36 @@ impl Plan {
         let global = u64::from(i) * u64::from(self.workers) + u64::from(w);
         Some((global % self.sources.len() as u64) as usize)
     }
+}
+
+fn http_plan(a: &LoadArgs) -> Result<HttpPlan, String> {
+    let path = &a.http_path;
+    if !path.starts_with('/')
+        || path.len() > MAX_HTTP_PATH
+        || !path.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(format!(
+            "--http-path '{path}': must start with '/', be visible ASCII without spaces, at most {MAX_HTTP_PATH} bytes"
+        ));
+    }
+    let kit = if a.http_kit {
+        let (lo, hi) = a.http_kit_length;
+        if lo == 0 || hi > 1 << 20 {
+            return Err("--http-kit-length must be within 1 B..1 MiB".into());
+        }
+        let (p0, p1) = a.http_kit_pause;
+        Some(HttpKit {
+            length: (lo as u32, hi as u32),
+            pause_us: (p0.as_micros() as u64, p1.as_micros() as u64),
+        })
+    } else {
+        None
+    };
+    Ok(HttpPlan {
+        path: path.clone(),
+        host: a.target.clone(),
+        kit,
+    })
 }
 
 #[cfg(test)]
@@ -301,6 +448,18 @@ mod tests {
     }
 
     #[test]
+    fn ranges() {
+        assert_eq!(parse_size_range("1-4096").unwrap(), (1, 4096));
+        assert_eq!(parse_size_range("2KiB").unwrap(), (2048, 2048));
+        assert!(parse_size_range("9-3").is_err());
+        assert_eq!(
+            parse_duration_range("5s-45s").unwrap(),
+            (Duration::from_secs(5), Duration::from_secs(45))
+        );
+        assert!(parse_duration_range("1s-x").is_err());
+    }
+
+    #[test]
     fn rates() {
         assert_eq!(parse_rate("20000/s").unwrap(), 20000.0);
         assert_eq!(parse_rate("2.5").unwrap(), 2.5);
@@ -308,16 +467,63 @@ mod tests {
         assert!(parse_rate("fast").is_err());
     }
 
-    fn args(connections: u32, workers: u32) -> LoadArgs {
+    fn parse(extra: &[&str]) -> Result<LoadArgs, clap::Error> {
         use clap::Parser;
         #[derive(clap::Parser)]
         struct T {
             #[command(flatten)]
             a: LoadArgs,
         }
+        let mut argv = vec!["t"];
+        argv.extend_from_slice(extra);
+        T::try_parse_from(argv).map(|t| t.a)
+    }
+
+    fn args(connections: u32, workers: u32) -> LoadArgs {
         let c = connections.to_string();
         let w = workers.to_string();
-        T::parse_from(["t", "--connections", &c, "--workers", &w]).a
+        parse(&["--connections", &c, "--workers", &w]).unwrap()
+    }
+
+    #[test]
+    fn http_plans() {
+        let p = Plan::new(&parse(&["--protocol", "http"]).unwrap(), 20_000, 2).unwrap();
+        assert_eq!(p.message_size, 1024);
+        let h = p.http.as_ref().unwrap();
+        assert_eq!((h.path.as_str(), h.host.as_str()), ("/", "127.0.0.1:7000"));
+        assert!(h.kit.is_none() && p.sends());
+        let p = Plan::new(
+            &parse(&["--protocol", "http", "--http-kit"]).unwrap(),
+            20_000,
+            2,
+        )
+        .unwrap();
+        let kit = p.http_kit().unwrap();
+        assert_eq!(kit.length, (1, 4096));
+        assert_eq!(kit.pause_us, (5_000_000, 45_000_000));
+        assert!(p.period.is_none() && p.sends());
+        let p = Plan::new(&parse(&[]).unwrap(), 20_000, 2).unwrap();
+        assert_eq!(p.message_size, 64);
+        assert!(p.http.is_none());
+        for bad in [
+            &["--http-kit"][..],
+            &["--protocol", "http", "--http-kit", "--rate", "5"],
+            &["--protocol", "http", "--http-path", "x"],
+            &["--protocol", "http", "--http-path", "/a b"],
+            &[
+                "--protocol",
+                "http",
+                "--http-kit",
+                "--http-kit-length",
+                "0-9",
+            ],
+            &["--message-size", "4"],
+        ] {
+            assert!(
+                Plan::new(&parse(bad).unwrap(), 20_000, 2).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

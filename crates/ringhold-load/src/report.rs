@@ -51,8 +51,13 @@ pub fn progress_line(
         c.failed_total(),
         failures_brief(c)
     );
-    if plan.period.is_some() {
-        let _ = write!(s, " | {msgs_per_s:.0} msg/s");
+    if plan.sends() {
+        let unit = if plan.http.is_some() {
+            "req/s"
+        } else {
+            "msg/s"
+        };
+        let _ = write!(s, " | {msgs_per_s:.0} {unit}");
         if !tick.is_empty() {
             let _ = write!(
                 s,
@@ -114,6 +119,31 @@ impl Outcome<'_> {
 
     fn heartbeat_desc(&self) -> String {
         let p = self.plan;
+        if let Some(h) = &p.http {
+            return match (h.kit, p.period, p.rate) {
+                (Some(k), _, _) => format!(
+                    "http-kit pattern: GET {}?length={}..{}, pause {}..{} after each answer",
+                    h.path,
+                    k.length.0,
+                    k.length.1,
+                    fmt_us(k.pause_us.0),
+                    fmt_us(k.pause_us.1)
+                ),
+                (None, None, _) => "no requests (held idle)".into(),
+                (None, Some(_), Some(r)) => {
+                    format!(
+                        "GET {}?length={} at {r} req/s in total",
+                        h.path, p.message_size
+                    )
+                }
+                (None, Some(d), None) => format!(
+                    "GET {}?length={} every {}",
+                    h.path,
+                    p.message_size,
+                    fmt_us(d.as_micros() as u64)
+                ),
+            };
+        }
         match (p.period, p.rate) {
             (None, _) => "no heartbeats (held idle)".into(),
             (Some(_), Some(r)) => format!("{} B heartbeats at {r} msg/s in total", p.message_size),
@@ -155,10 +185,15 @@ impl Outcome<'_> {
             self.peak_alive,
             c.failed_total()
         );
-        if p.period.is_some() {
+        if p.sends() {
+            let (what, done, unit) = if p.http.is_some() {
+                ("requests  ", "answered", "req/s")
+            } else {
+                ("heartbeats", "echoed", "msg/s")
+            };
             let _ = writeln!(
                 s,
-                "  heartbeats     sent {}  echoed {}  lost {}  late {}  ({:.0} msg/s)",
+                "  {what}     sent {}  {done} {}  lost {}  late {}  ({:.0} {unit})",
                 c.sent,
                 c.echoed,
                 self.lost(),
@@ -172,9 +207,14 @@ impl Outcome<'_> {
             );
             if !self.hist.is_empty() {
                 let h = self.hist;
+                let note = if p.period.is_some() {
+                    " incl. coordinated-omission correction"
+                } else {
+                    ""
+                };
                 let _ = writeln!(
                     s,
-                    "  latency        p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  ({} samples incl. coordinated-omission correction)",
+                    "  latency        p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  ({} samples{note})",
                     fmt_us(h.value_at_quantile(0.5)),
                     fmt_us(h.value_at_quantile(0.9)),
                     fmt_us(h.value_at_quantile(0.99)),
@@ -203,6 +243,8 @@ impl Outcome<'_> {
                         " (last: {})",
                         std::io::Error::from_raw_os_error(c.other_errno)
                     )
+                } else if *k == Cause::BadStatus && c.last_status != 0 {
+                    format!(" (last: {})", c.last_status)
                 } else {
                     String::new()
                 };
@@ -218,8 +260,11 @@ impl Outcome<'_> {
         if let Some(note) = &self.tcp_mem_note {
             let _ = writeln!(s, "  note           {note}");
         }
-        let verdict = if self.ok() && p.period.is_none() {
+        let verdict = if self.ok() && !p.sends() {
             "OK: every connection made and held".to_string()
+        } else if self.ok() && p.http.is_some() {
+            "OK: every connection held, every request answered 200 with the length asked for"
+                .to_string()
         } else if self.ok() {
             "OK: every connection held, every heartbeat echoed intact".to_string()
         } else {
@@ -228,10 +273,11 @@ impl Outcome<'_> {
                 why.push(format!("{} connection(s) failed", c.failed_total()));
             }
             if self.lost() > 0 {
-                why.push(format!(
-                    "{} heartbeat(s) without a complete echo",
-                    self.lost()
-                ));
+                why.push(if p.http.is_some() {
+                    format!("{} request(s) without a complete answer", self.lost())
+                } else {
+                    format!("{} heartbeat(s) without a complete echo", self.lost())
+                });
             }
             if self.ramp_unfinished() {
                 why.push(format!(
@@ -283,7 +329,13 @@ impl Outcome<'_> {
                 "workers": p.workers,
                 "slots_per_worker": p.slots_per_ring,
                 "setup": self.setup,
+                "protocol": p.protocol.name(),
                 "message_size": p.message_size,
+                "http_path": p.http.as_ref().map(|h| h.path.as_str()),
+                "http_kit": p.http_kit().map(|k| json!({
+                    "length_min": k.length.0, "length_max": k.length.1,
+                    "pause_min_us": k.pause_us.0, "pause_max_us": k.pause_us.1,
+                })),
                 "interval_us": p.period.map(|d| d.as_micros() as u64),
                 "rate": p.rate,
                 "duration_us": p.duration.as_micros() as u64,
@@ -303,6 +355,7 @@ impl Outcome<'_> {
             "failures": failures,
             "hints": hints,
             "other_errno": (c.other_errno != 0).then_some(c.other_errno),
+            "last_bad_status": (c.last_status != 0).then_some(c.last_status),
             "heartbeats": {
                 "sent": c.sent,
                 "echoed": c.echoed,

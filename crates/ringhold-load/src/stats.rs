@@ -14,18 +14,20 @@ pub enum Cause {
     AddrNotAvail,
     FdLimit,
     Mismatch,
+    BadStatus,
     Closed,
     NoMemory,
     Other,
 }
 
-pub const CAUSES: [Cause; 9] = [
+pub const CAUSES: [Cause; 10] = [
     Cause::Refused,
     Cause::Reset,
     Cause::TimedOut,
     Cause::AddrNotAvail,
     Cause::FdLimit,
     Cause::Mismatch,
+    Cause::BadStatus,
     Cause::Closed,
     Cause::NoMemory,
     Cause::Other,
@@ -61,6 +63,7 @@ impl Cause {
             Cause::AddrNotAvail => "addr_not_available",
             Cause::FdLimit => "fd_limit",
             Cause::Mismatch => "mismatch",
+            Cause::BadStatus => "bad_status",
             Cause::Closed => "closed_by_server",
             Cause::NoMemory => "no_memory",
             Cause::Other => "other",
@@ -76,6 +79,7 @@ impl Cause {
             Cause::AddrNotAvail => "no address",
             Cause::FdLimit => "fd limit",
             Cause::Mismatch => "mismatch",
+            Cause::BadStatus => "bad status",
             Cause::Closed => "closed by server",
             Cause::NoMemory => "no memory",
             Cause::Other => "other",
@@ -103,7 +107,14 @@ impl Cause {
                 "fd limit or fixed-file table full: RLIMIT_NOFILE (ulimit -n) bounds each ring's table and \
                  fs.file-max / fs.nr_open the system; use more --workers"
             }
-            Cause::Mismatch => "the echo differed from what was sent: a server bug, or the target is not an echo server",
+            Cause::Mismatch => {
+                "the echo differed from what was sent, or an HTTP answer was malformed or had the wrong \
+                 length: a server bug, or the target does not speak --protocol"
+            }
+            Cause::BadStatus => {
+                "the server answered with a status other than 200 (the last one is in the summary): \
+                 check --http-path and the server's limits"
+            }
             Cause::Closed => {
                 "the server closed connections: check its idle timeout (--idle-timeout) and connection limit"
             }
@@ -143,6 +154,8 @@ pub struct Counts {
     pub ramp_done_us: u64,
     /// The last errno counted as `Cause::Other` (0: none).
     pub other_errno: i32,
+    /// The last HTTP status counted as `Cause::BadStatus` (0: none).
+    pub last_status: u16,
 }
 
 impl Counts {
@@ -168,6 +181,9 @@ impl Counts {
         self.ramp_done_us = self.ramp_done_us.max(o.ramp_done_us);
         if o.other_errno != 0 {
             self.other_errno = o.other_errno;
+        }
+        if o.last_status != 0 {
+            self.last_status = o.last_status;
         }
     }
 }

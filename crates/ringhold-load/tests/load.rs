@@ -1,5 +1,6 @@
 //! `ringhold load` against real echo servers (a small Python asyncio server started per test):
-//! a healthy server, one that corrupts a byte, and a port nobody listens on. Each run is bounded
+//! a healthy server, one that corrupts a byte, and a port nobody listens on; and `--protocol http`
+//! against Python's http.server (HTTP/1.1 keep-alive): healthy, wrong status, wrong length. Each run is bounded
 //! (a few seconds) and stays far below the fd limit (the load side holds no process fds per
 //! connection; the Python server holds one per connection).
 
@@ -17,7 +18,7 @@ struct Cli {
     load: LoadArgs,
 }
 
-/// A Python echo server on 127.0.0.1:0, killed on drop.
+/// A Python echo (or HTTP) server on 127.0.0.1:0, killed on drop.
 struct EchoServer {
     child: Child,
     addr: String,
@@ -26,7 +27,16 @@ struct EchoServer {
 impl EchoServer {
     /// `None` (with the reason printed) when python3 is missing.
     fn start(extra: &[&str]) -> Option<EchoServer> {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/echo_server.py");
+        Self::start_script("tests/echo_server.py", extra)
+    }
+
+    /// Python's http.server, HTTP/1.1 keep-alive, answering `?length=N`.
+    fn start_http(extra: &[&str]) -> Option<EchoServer> {
+        Self::start_script("tests/http_server.py", extra)
+    }
+
+    fn start_script(script: &str, extra: &[&str]) -> Option<EchoServer> {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(script);
         let child = Command::new("python3")
             .arg(script)
             .args(extra)
@@ -257,4 +267,152 @@ fn a_server_that_never_echoes_times_out_each_connection() {
     assert!(j["hints"]["timed_out"]
         .as_str()
         .is_some_and(|h| h.contains("--echo-timeout")));
+}
+
+#[test]
+fn http_keep_alive_gets_are_answered_with_the_length_asked_for() {
+    let Some(server) = EchoServer::start_http(&[]) else {
+        return;
+    };
+    let (code, j) = load(
+        &server.addr,
+        "http",
+        &[
+            "--protocol",
+            "http",
+            "--connections",
+            "200",
+            "--sources",
+            "2",
+            "--interval",
+            "300ms",
+            "--message-size",
+            "3000",
+            "--duration",
+            "2s",
+        ],
+    );
+    assert_eq!(j["ok"], true, "{j:#}");
+    assert_eq!(code, ExitCode::SUCCESS);
+    assert_eq!(j["config"]["protocol"], "http");
+    assert_eq!(j["config"]["http_path"], "/");
+    assert_eq!(n(&j, "connections.connected"), 200);
+    assert_eq!(n(&j, "connections.failed"), 0);
+    // One request at connect, then one per 300 ms, all on the same connection (keep-alive: a close
+    // by the server would count as closed_by_server).
+    let sent = n(&j, "heartbeats.sent");
+    assert!(sent >= 400, "{j:#}");
+    assert_eq!(n(&j, "heartbeats.echoed"), sent);
+    assert_eq!(n(&j, "heartbeats.lost"), 0);
+    assert!(n(&j, "bytes.received") > 3000 * sent);
+    let request = "GET /?length=3000 HTTP/1.1\r\nHost: \r\n\r\n".len() + server.addr.len();
+    assert_eq!(n(&j, "bytes.sent"), request as u64 * sent);
+}
+
+#[test]
+fn http_kit_pattern_draws_lengths_and_pauses() {
+    let Some(server) = EchoServer::start_http(&[]) else {
+        return;
+    };
+    let (code, j) = load(
+        &server.addr,
+        "http-kit",
+        &[
+            "--protocol",
+            "http",
+            "--http-kit",
+            "--http-kit-pause",
+            "100ms-400ms",
+            "--connections",
+            "100",
+            "--duration",
+            "2s",
+        ],
+    );
+    assert_eq!(j["ok"], true, "{j:#}");
+    assert_eq!(code, ExitCode::SUCCESS);
+    assert_eq!(n(&j, "config.http_kit.length_min"), 1);
+    assert_eq!(n(&j, "config.http_kit.length_max"), 4096);
+    assert_eq!(n(&j, "config.http_kit.pause_max_us"), 400_000);
+    assert_eq!(j["config"]["interval_us"], Value::Null);
+    let sent = n(&j, "heartbeats.sent");
+    // Each connection asks at once, then after every answer and a pause of at most 0.4 s.
+    assert!(sent >= 300, "{j:#}");
+    assert_eq!(n(&j, "heartbeats.echoed"), sent);
+    // Random lengths: on average ~2 KiB a body.
+    let per = n(&j, "bytes.received") / sent;
+    assert!((1000..3500).contains(&per), "{per} B per answer");
+}
+
+#[test]
+fn an_http_error_status_is_counted_as_bad_status() {
+    let Some(server) = EchoServer::start_http(&["--status", "404"]) else {
+        return;
+    };
+    let (code, j) = load(
+        &server.addr,
+        "http-404",
+        &[
+            "--protocol",
+            "http",
+            "--connections",
+            "20",
+            "--duration",
+            "1s",
+        ],
+    );
+    assert_eq!(code, ExitCode::from(1));
+    assert_eq!(n(&j, "failures.bad_status"), 20, "{j:#}");
+    assert_eq!(n(&j, "last_bad_status"), 404);
+    assert!(j["hints"]["bad_status"]
+        .as_str()
+        .is_some_and(|h| h.contains("other than 200")));
+}
+
+#[test]
+fn an_http_answer_of_the_wrong_length_is_a_mismatch() {
+    let Some(server) = EchoServer::start_http(&["--extra", "1"]) else {
+        return;
+    };
+    let (code, j) = load(
+        &server.addr,
+        "http-length",
+        &[
+            "--protocol",
+            "http",
+            "--connections",
+            "20",
+            "--message-size",
+            "10",
+            "--duration",
+            "1s",
+        ],
+    );
+    assert_eq!(code, ExitCode::from(1));
+    assert_eq!(n(&j, "failures.mismatch"), 20, "{j:#}");
+    assert_eq!(n(&j, "heartbeats.echoed"), 0);
+}
+
+#[test]
+fn an_http_head_split_across_reads_is_put_together() {
+    let Some(server) = EchoServer::start_http(&["--split-head"]) else {
+        return;
+    };
+    let (code, j) = load(
+        &server.addr,
+        "http-split",
+        &[
+            "--protocol",
+            "http",
+            "--connections",
+            "20",
+            "--interval",
+            "200ms",
+            "--duration",
+            "1s",
+        ],
+    );
+    assert_eq!(j["ok"], true, "{j:#}");
+    assert_eq!(code, ExitCode::SUCCESS);
+    assert!(n(&j, "heartbeats.echoed") >= 40, "{j:#}");
 }

@@ -132,13 +132,16 @@ impl Worker {
         self.c.connected += 1;
         self.c.alive += 1;
         self.arm_recv(slot);
-        if self.period_us > 0 {
+        if self.period_us > 0 || self.kit.is_some() {
             let now = self.now_us();
             self.send_heartbeat(slot, now, now);
-            self.sched.push_back(Due {
+        }
+        if self.period_us > 0 {
+            let now = self.now_us();
+            self.sched.push(Reverse(Due {
                 at_us: now + self.period_us,
                 slot,
-            });
+            }));
         }
     }
 
@@ -151,13 +154,20 @@ impl Worker {
     }
 
     pub(super) fn send_due(&mut self, now: u64) {
-        while let Some(&Due { at_us, slot }) = self.sched.front() {
+        while let Some(&Reverse(Due { at_us, slot })) = self.sched.peek() {
             if at_us > now {
                 break;
             }
-            self.sched.pop_front();
+            self.sched.pop();
             let conn = self.conns[slot as usize];
             if conn.state != ST_OPEN {
+                continue;
+            }
+            if self.kit.is_some() {
+                // Closed loop: the next one is scheduled when this one is answered.
+                if conn.flags & (F_AWAIT | F_SEND) == 0 {
+                    self.send_heartbeat(slot, now, now);
+                }
                 continue;
             }
             if conn.flags & (F_AWAIT | F_SEND) != 0 {
@@ -165,10 +175,10 @@ impl Worker {
             } else {
                 self.send_heartbeat(slot, at_us, now);
             }
-            self.sched.push_back(Due {
+            self.sched.push(Reverse(Due {
                 at_us: at_us + self.period_us,
                 slot,
-            });
+            }));
         }
     }
 
@@ -178,24 +188,44 @@ impl Worker {
         conn.seq = conn.seq.wrapping_add(1);
         conn.got = 0;
         conn.intended_us = intended_us;
-        conn.flags |= F_AWAIT | F_SEND;
+        conn.flags = (conn.flags | F_AWAIT | F_SEND) & !F_BODY;
         let seq = conn.seq;
         let b = match self.free_sends.pop() {
             Some(b) => b,
             None => {
+                let size = match &self.plan.http {
+                    Some(h) => http::request_capacity(h),
+                    None => self.plan.message_size,
+                };
                 self.sends.push(SendBuf {
-                    data: vec![0u8; self.plan.message_size].into_boxed_slice(),
+                    data: vec![0u8; size].into_boxed_slice(),
+                    len: 0,
                     slot: 0,
                     off: 0,
                 });
                 (self.sends.len() - 1) as u32
             }
         };
+        let want = match self.kit {
+            Some(kit) => http::draw(
+                &mut self.rng,
+                u64::from(kit.length.0),
+                u64::from(kit.length.1),
+            ) as u32,
+            None => self.plan.message_size as u32,
+        };
+        self.conns[slot as usize].want = want;
         let sb = &mut self.sends[b as usize];
-        pattern::fill(&mut sb.data, id, seq);
+        sb.len = match &self.plan.http {
+            Some(h) => http::write_request(&mut sb.data, h, want) as u32,
+            None => {
+                pattern::fill(&mut sb.data, id, seq);
+                sb.data.len() as u32
+            }
+        };
         sb.slot = slot;
         sb.off = 0;
-        let e = opcode::Send::new(Fixed(slot), sb.data.as_ptr(), sb.data.len() as u32)
+        let e = opcode::Send::new(Fixed(slot), sb.data.as_ptr(), sb.len)
             .build()
             .user_data(ud(OP_SEND, b));
         self.c.sent += 1;
@@ -217,8 +247,8 @@ impl Worker {
         if res > 0 {
             self.c.bytes_sent += res as u64;
             sb.off += res as u32;
-            if (sb.off as usize) < sb.data.len() && open {
-                let rest = &sb.data[sb.off as usize..];
+            if sb.off < sb.len && open {
+                let rest = &sb.data[sb.off as usize..sb.len as usize];
                 let e = opcode::Send::new(Fixed(slot), rest.as_ptr(), rest.len() as u32)
                     .build()
                     .user_data(ud(OP_SEND, b));
@@ -241,8 +271,17 @@ impl Worker {
             let n = res as usize;
             self.c.bytes_received += n as u64;
             if let Some(bid) = cqueue::buffer_select(flags) {
-                if self.conns[slot as usize].state == ST_OPEN && !self.check_echo(slot, bid, n) {
-                    self.fail(slot, Cause::Mismatch, 0);
+                if self.conns[slot as usize].state == ST_OPEN {
+                    let checked = if self.plan.http.is_some() {
+                        self.check_http(slot, bid, n)
+                    } else if self.check_echo(slot, bid, n) {
+                        Ok(())
+                    } else {
+                        Err(Cause::Mismatch)
+                    };
+                    if let Err(cause) = checked {
+                        self.fail(slot, cause, 0);
+                    }
                 }
                 self.bufs.push(bid);
                 self.bufs_dirty = true;
@@ -282,14 +321,27 @@ impl Worker {
         let conn = &mut self.conns[slot as usize];
         conn.got += n as u32;
         if conn.got as usize == size {
-            conn.flags &= !F_AWAIT;
-            let intended = conn.intended_us;
-            self.c.echoed += 1;
-            self.c.outstanding = self.c.outstanding.saturating_sub(1);
-            let now = self.now_us();
-            self.lat.push(now.saturating_sub(intended).max(1));
+            self.answered(slot);
         }
         true
+    }
+
+    /// The heartbeat (request) of `slot` came back whole and intact.
+    pub(super) fn answered(&mut self, slot: u32) {
+        let conn = &mut self.conns[slot as usize];
+        conn.flags &= !(F_AWAIT | F_BODY);
+        let intended = conn.intended_us;
+        self.c.echoed += 1;
+        self.c.outstanding = self.c.outstanding.saturating_sub(1);
+        let now = self.now_us();
+        self.lat.push(now.saturating_sub(intended).max(1));
+        if let Some(kit) = self.kit {
+            let pause = http::draw(&mut self.rng, kit.pause_us.0, kit.pause_us.1);
+            self.sched.push(Reverse(Due {
+                at_us: now + pause,
+                slot,
+            }));
+        }
     }
 
     pub(super) fn expire_echoes(&mut self, now: u64) {
@@ -313,6 +365,10 @@ impl Worker {
             return;
         }
         conn.state = ST_DEAD;
+        if self.plan.http.is_some() {
+            self.partial.remove(&slot);
+        }
+        let conn = &mut self.conns[slot as usize];
         let awaiting = conn.flags & F_AWAIT != 0;
         conn.flags &= !F_AWAIT;
         let cancel = conn.flags & (F_RECV | F_CANCEL) == F_RECV;

@@ -6,9 +6,10 @@
 //! where index is the slot, or the send buffer for `OP_SEND`.
 //!
 //! Per connection the worker keeps a 24-byte `Conn` and one 16-byte schedule entry; receive memory
-//! is the shared buffer ring, send memory a small pool of in-flight heartbeats.
+//! is the shared buffer ring, send memory a small pool of in-flight heartbeats (or HTTP requests).
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,11 +19,12 @@ use io_uring::types::Timespec;
 use io_uring::{opcode, squeue, IoUring};
 
 use crate::bufring::BufRing;
-use crate::plan::{Plan, SetupMode};
+use crate::plan::{HttpKit, Plan, SetupMode};
 use crate::setup::RawAddr;
 use crate::stats::{self, Counts, Shared};
 
 mod conn;
+mod http;
 
 const OP_SOCKET: u8 = 1;
 const OP_SETSOCKOPT: u8 = 2;
@@ -56,6 +58,8 @@ const F_AWAIT: u8 = 1 << 2;
 const F_CANCEL: u8 = 1 << 3;
 const F_CLOSING: u8 = 1 << 4;
 const F_SETUP_FAILED: u8 = 1 << 5;
+/// HTTP: the answer's head has been read; `got` counts body bytes.
+const F_BODY: u8 = 1 << 6;
 
 #[derive(Clone, Copy, Default)]
 struct Conn {
@@ -63,14 +67,17 @@ struct Conn {
     flags: u8,
     /// Sequence number of the last heartbeat sent.
     seq: u32,
-    /// Bytes of its echo verified so far.
+    /// Bytes of its echo (HTTP: of the answer's body) verified so far.
     got: u32,
+    /// Bytes expected: the heartbeat size, or the body length the GET asked for.
+    want: u32,
     /// When it was scheduled to go out (µs since start): latency is measured from here.
     intended_us: u64,
 }
 
-/// Next heartbeat of a connection. Pushed in time order, so the queue stays sorted.
-#[derive(Clone, Copy)]
+/// Next heartbeat of a connection (kept in a min-heap: the http-kit pattern's random pauses do not
+/// come in time order).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Due {
     at_us: u64,
     slot: u32,
@@ -86,6 +93,8 @@ struct Deadline {
 
 struct SendBuf {
     data: Box<[u8]>,
+    /// Bytes of `data` to send (HTTP requests vary in length).
+    len: u32,
     slot: u32,
     off: u32,
 }
@@ -112,7 +121,7 @@ pub struct Worker {
     quota: u32,
     next: u32,
     conns: Vec<Conn>,
-    sched: VecDeque<Due>,
+    sched: BinaryHeap<Reverse<Due>>,
     deadlines: VecDeque<Deadline>,
     sends: Vec<SendBuf>,
     free_sends: Vec<u32>,
@@ -124,6 +133,13 @@ pub struct Worker {
     c: Counts,
     start: Instant,
     period_us: u64,
+    /// The http-kit pattern (random lengths and pauses), when asked for.
+    kit: Option<HttpKit>,
+    /// HTTP: answer heads that arrived split across receive buffers, by slot (rare; emptied as soon as
+    /// the head is complete or the connection fails).
+    partial: HashMap<u32, Vec<u8>>,
+    /// splitmix64 state for the http-kit draws.
+    rng: u64,
     per_worker_rate: f64,
     draining: bool,
     /// io_uring_enter failed for good: leave the loop.
@@ -151,8 +167,13 @@ pub fn build(s: Setup) -> Result<Worker, String> {
         SetupMode::Syscall => false,
         SetupMode::Auto => supports_ring_setup(&ring),
     };
-    // Small buffers (one heartbeat each), a few thousand at most, 1 MiB per worker at most.
-    let buf_size = plan.message_size.clamp(64, 4096);
+    // Small buffers (one heartbeat each; HTTP answers: 4 KiB), a few thousand at most, 1 MiB per
+    // worker at most.
+    let buf_size = if plan.http.is_some() {
+        4096
+    } else {
+        plan.message_size.clamp(64, 4096)
+    };
     let by_mem = (1usize << 20) / buf_size;
     let by_mem = 1usize << (usize::BITS - 1 - by_mem.leading_zeros());
     let count = (quota as usize)
@@ -175,7 +196,7 @@ pub fn build(s: Setup) -> Result<Worker, String> {
         quota,
         next: 0,
         conns: vec![Conn::default(); quota as usize],
-        sched: VecDeque::new(),
+        sched: BinaryHeap::new(),
         deadlines: VecDeque::new(),
         sends: Vec::new(),
         free_sends: Vec::new(),
@@ -185,6 +206,9 @@ pub fn build(s: Setup) -> Result<Worker, String> {
         c: Counts::default(),
         start: Instant::now(),
         period_us,
+        kit: plan.http_kit(),
+        partial: HashMap::new(),
+        rng: http::seed(s.id),
         per_worker_rate,
         draining: false,
         broken: false,
@@ -288,7 +312,7 @@ impl Worker {
         let mut wake = last_publish + 100_000;
         if !self.draining {
             wake = wake.min(duration_us);
-            if let Some(d) = self.sched.front() {
+            if let Some(Reverse(d)) = self.sched.peek() {
                 wake = wake.min(d.at_us);
             }
             if self.next < self.quota
@@ -427,6 +451,7 @@ mod tests {
     #[test]
     fn conn_is_small() {
         assert!(std::mem::size_of::<Conn>() <= 24);
+        assert!(std::mem::size_of::<Reverse<Due>>() <= 16);
         assert!(std::mem::size_of::<Due>() <= 16);
     }
 }
