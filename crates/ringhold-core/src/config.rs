@@ -61,6 +61,8 @@ pub struct EngineConfig {
     pub linger_timeout: Duration,
     /// What the connections speak.
     pub protocol: crate::protocol::Protocol,
+    /// The protocols' limits.
+    pub proto: crate::protocol::ProtoConfig,
     /// TCP keepalive on accepted sockets.
     pub keepalive: Option<Keepalive>,
     /// Most buffers one connection may hold while its echo is pending (backpressure bound).
@@ -90,6 +92,7 @@ impl Default for EngineConfig {
             send_timeout: Some(Duration::from_secs(60)),
             linger_timeout: Duration::from_secs(2),
             protocol: crate::protocol::Protocol::Echo,
+            proto: crate::protocol::ProtoConfig::default(),
             keepalive: None,
             max_queued_buffers: 8,
             shutdown_timeout: Duration::from_secs(10),

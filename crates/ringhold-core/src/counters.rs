@@ -131,6 +131,8 @@ pub struct ShardCounters {
     /// Times a connection holding buffers was paused because the pool ran low (the reserve is kept for
     /// connections that hold none).
     pub reserve_pauses: u64,
+    /// The protocols' own counters (requests, responses, protocol errors).
+    pub proto: crate::protocol::ProtoStats,
 }
 
 impl ShardCounters {

@@ -26,6 +26,8 @@ pub trait Sink {
 /// Most bytes one [`Sink::generated`] call may pass (a response head, a frame header).
 pub const MAX_GENERATED: usize = 512;
 
+use crate::http::{HttpConfig, HttpConn, HttpStats};
+
 /// What a protocol tells the machine after handling input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
@@ -64,12 +66,17 @@ pub enum Protocol {
     /// Raw TCP echo: every byte goes back, unchanged and in order.
     #[default]
     Echo,
+    /// HTTP/1.1 keep-alive (the http-kit benchmark handler, [`crate::http`]).
+    Http,
 }
 
 impl Protocol {
+    pub const ALL: [Protocol; 2] = [Protocol::Echo, Protocol::Http];
+
     pub fn name(self) -> &'static str {
         match self {
             Protocol::Echo => "echo",
+            Protocol::Http => "http",
         }
     }
 
@@ -77,32 +84,61 @@ impl Protocol {
     pub fn start(self) -> ProtoState {
         match self {
             Protocol::Echo => ProtoState::Echo,
+            Protocol::Http => ProtoState::Http(HttpConn::default()),
         }
     }
 }
 
-/// A connection's protocol state: a small `Copy` value inside `Conn`.
+/// The protocols' configuration (per shard, read-only).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProtoConfig {
+    pub http: HttpConfig,
+}
+
+/// The protocols' counters (per shard, flushed with the shard's counters).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProtoStats {
+    pub http: HttpStats,
+}
+
+/// A connection's protocol state: a small `Copy` value inside `Conn`.
+#[derive(Clone, Copy, Debug, Default)]
 pub enum ProtoState {
     #[default]
     Echo,
+    Http(HttpConn),
 }
 
 impl ProtoState {
     /// Handles `input` (see [`Sink`] and [`Step`]).
-    pub fn on_input(&mut self, _ctx: &Ctx<'_>, input: &mut [u8], sink: &mut impl Sink) -> Step {
+    pub fn on_input(
+        &mut self,
+        cfg: &ProtoConfig,
+        ctx: &Ctx<'_>,
+        stats: &mut ProtoStats,
+        input: &mut [u8],
+        sink: &mut impl Sink,
+    ) -> Step {
         match self {
             ProtoState::Echo => {
                 sink.input(0, input.len());
                 Step::Continue
             }
+            ProtoState::Http(h) => h.on_input(&cfg.http, ctx, input, sink, &mut stats.http),
         }
     }
 
     /// The peer sent FIN; everything it sent before was handed to `on_input`.
-    pub fn on_peer_fin(&mut self, _sink: &mut impl Sink) -> Step {
+    pub fn on_peer_fin(
+        &mut self,
+        _cfg: &ProtoConfig,
+        ctx: &Ctx<'_>,
+        stats: &mut ProtoStats,
+        sink: &mut impl Sink,
+    ) -> Step {
         match self {
             ProtoState::Echo => Step::Continue,
+            ProtoState::Http(h) => h.on_peer_fin(ctx, sink, &mut stats.http),
         }
     }
 }

@@ -7,7 +7,9 @@
 use std::io;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
+use std::time::SystemTime;
 
+use ringhold_core::http::format_date;
 use ringhold_core::shared::log_second;
 use ringhold_core::{Action, EngineConfig, Flush, Id, Machine, RejectReason, ShardSpec, Shared};
 use tracing::{debug, warn};
@@ -96,7 +98,8 @@ impl ShardLoop {
             (libc::EPOLLIN | libc::EPOLLET) as u32,
             LISTENER,
         )?;
-        let machine = Machine::new(&config, shared.clone());
+        let mut machine = Machine::new(&config, shared.clone());
+        machine.set_date(format_date(SystemTime::now()));
         let bufs = Buffers::new(
             config.buffers,
             config.buffer_size,
@@ -365,8 +368,10 @@ impl ShardLoop {
         self.apply();
     }
 
+    /// Flushes the counters and refreshes the `Date` header protocols send (about once a second).
     fn flush_counters(&mut self) {
         self.last_flush_ms = self.now_ms;
+        self.machine.set_date(format_date(SystemTime::now()));
         let c = self.machine.counters();
         (self.flush)(c);
     }

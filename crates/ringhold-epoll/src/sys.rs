@@ -182,6 +182,13 @@ pub fn open_spare() -> io::Result<OwnedFd> {
     Ok(owned(fd))
 }
 
+/// Shuts down the write side (FIN), for a lingering close.
+pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
+    // SAFETY (syscall!): plain integer arguments.
+    syscall!(shutdown(fd, libc::SHUT_WR))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,11 +204,4 @@ mod tests {
         let a = open_spare().unwrap();
         assert!(a.as_raw_fd() >= 0);
     }
-}
-
-/// Shuts down the write side (FIN), for a lingering close.
-pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
-    // SAFETY (syscall!): plain integer arguments.
-    syscall!(shutdown(fd, libc::SHUT_WR))?;
-    Ok(())
 }

@@ -9,9 +9,10 @@
 use std::io;
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use io_uring::{cqueue, opcode, IoUring};
+use ringhold_core::http::format_date;
 use ringhold_core::{EngineConfig, Flush, Machine, ShardSpec, Shared};
 use tracing::{debug, info, warn};
 
@@ -60,7 +61,8 @@ impl Shard {
             flush,
         } = spec;
         let (ring, _setup) = ring::build(id)?;
-        let machine = Machine::new(&cfg, shared.clone());
+        let mut machine = Machine::new(&cfg, shared.clone());
+        machine.set_date(format_date(SystemTime::now()));
         let bufs = BufRing::new(cfg.buffers, cfg.buffer_size, 0, machine.initial_buffers())?;
         bufs.register(&ring.submitter())?;
         let mut direct = cfg.direct_descriptors;
@@ -205,6 +207,7 @@ impl State {
         // over, so a flush after resuming it would almost always report it as not throttled.
         if now - self.last_flush >= FLUSH_EVERY {
             self.last_flush = now;
+            self.machine.set_date(format_date(SystemTime::now()));
             let c = self.machine.counters().clone();
             (self.flush)(&c);
         }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use ringhold_core::bucket::BucketSpec;
+use ringhold_core::protocol::Protocol;
 use ringhold_core::units::{parse_duration, parse_size};
 use ringhold_core::Keepalive;
 
@@ -83,6 +84,32 @@ fn parse_buffers(s: &str) -> Result<u16, String> {
     Ok(n as u16)
 }
 
+/// `--protocol`.
+#[derive(Clone, Copy, Debug)]
+pub struct ProtocolArg(pub Protocol);
+
+fn parse_protocol(s: &str) -> Result<ProtocolArg, String> {
+    Protocol::ALL
+        .into_iter()
+        .find(|p| p.name().eq_ignore_ascii_case(s.trim()))
+        .map(ProtocolArg)
+        .ok_or_else(|| {
+            let names: Vec<&str> = Protocol::ALL.iter().map(|p| p.name()).collect();
+            format!(
+                "'{s}' is not a protocol ringhold speaks ({})",
+                names.join(", ")
+            )
+        })
+}
+
+fn parse_header_size(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if !(256..=1 << 20).contains(&n) {
+        return Err(format!("{s} must be from 256 B to 1 MiB"));
+    }
+    Ok(n)
+}
+
 /// `--tcp-keepalive`: probes, or `off`.
 #[derive(Clone, Debug)]
 pub struct KeepaliveArg(pub Option<Keepalive>);
@@ -96,6 +123,20 @@ pub struct ServeArgs {
     /// Address to listen on (every shard binds it with SO_REUSEPORT). Port 0 picks a free port.
     #[arg(long, env = "RINGHOLD_LISTEN", default_value = "127.0.0.1:7000")]
     pub listen: SocketAddr,
+
+    /// What the connections speak: `echo` (raw TCP echo) or `http` (HTTP/1.1 keep-alive: GET/HEAD
+    /// answer 200 with a `?length=N` body, POST/PUT echo the body; pipelining, 100-continue,
+    /// chunked; errors get 400/413/431/501/505 and a clean close).
+    #[arg(long, env = "RINGHOLD_PROTOCOL", default_value = "echo", value_parser = parse_protocol)]
+    pub protocol: ProtocolArg,
+
+    /// http: most bytes of a request head (request line and headers); more gets 431.
+    #[arg(long, env = "RINGHOLD_MAX_HEADER_SIZE", default_value = "8KiB", value_parser = parse_header_size)]
+    pub max_header_size: u64,
+
+    /// http: most bytes of a request body; more gets 413.
+    #[arg(long, env = "RINGHOLD_MAX_BODY_SIZE", default_value = "1MiB", value_parser = parse_size)]
+    pub max_body_size: u64,
 
     /// Event engine.
     #[arg(long, env = "RINGHOLD_ENGINE", value_enum, default_value_t = Engine::Uring)]

@@ -104,7 +104,14 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         idle_timeout: (!args.idle_timeout.is_zero()).then_some(args.idle_timeout),
         send_timeout: (!args.send_timeout.is_zero()).then_some(args.send_timeout),
         linger_timeout: args.linger_timeout,
-        protocol: ringhold_core::protocol::Protocol::Echo,
+        protocol: args.protocol.0,
+        proto: ringhold_core::protocol::ProtoConfig {
+            http: ringhold_core::http::HttpConfig {
+                max_header_bytes: args.max_header_size as usize,
+                max_body_bytes: args.max_body_size,
+                ..ringhold_core::http::HttpConfig::default()
+            },
+        },
         keepalive: args.tcp_keepalive.0,
         max_queued_buffers: args.pending_buffers as u16,
         shutdown_timeout: args.shutdown_timeout,
@@ -189,7 +196,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     info!(
         "ringhold {} engine={} shards={shards} cores={ncores} pinned={} buffers={shards}×{}×{} (up to {}, committed as used) \
          fd_limit={} direct_descriptors={direct} {capacity} \
-         idle_timeout={:?} send_timeout={:?} linger_timeout={:?} max_connections={}{}",
+         protocol={} idle_timeout={:?} send_timeout={:?} linger_timeout={:?} max_connections={}{}",
         env!("CARGO_PKG_VERSION"),
         args.engine.name(),
         !args.no_pin,
@@ -197,6 +204,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         fmt_bytes(args.buffer_size as u64),
         fmt_bytes(total_buffers * args.buffer_size as u64),
         nofile.soft,
+        args.protocol.0.name(),
         args.idle_timeout,
         args.send_timeout,
         args.linger_timeout,

@@ -15,6 +15,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_ringhold");
 /// Every `serve` flag and its environment variable.
 const FLAGS: &[(&str, &str)] = &[
     ("--listen", "RINGHOLD_LISTEN"),
+    ("--protocol", "RINGHOLD_PROTOCOL"),
+    ("--max-header-size", "RINGHOLD_MAX_HEADER_SIZE"),
+    ("--max-body-size", "RINGHOLD_MAX_BODY_SIZE"),
     ("--engine", "RINGHOLD_ENGINE"),
     ("--shards", "RINGHOLD_SHARDS"),
     ("--no-pin", "RINGHOLD_NO_PIN"),

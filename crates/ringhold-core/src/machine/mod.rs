@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use crate::bucket::{Bucket, BucketSpec};
 use crate::conn::{flag, Conn};
-use crate::protocol::{Closing, Ctx, Protocol, Sink, Step, MAX_GENERATED};
+use crate::protocol::{Closing, Ctx, ProtoConfig, Protocol, Sink, Step, MAX_GENERATED};
 use crate::slab::Slots;
 use crate::wheel::{Check, TimerWheel};
 use crate::{CloseReason, EngineConfig, RejectReason, ShardCounters, Shared};
@@ -103,6 +103,7 @@ pub struct Limits {
     pub linger_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub protocol: Protocol,
+    pub proto: ProtoConfig,
     /// Most receive buffers of the shard (`--buffers`).
     pub buffers: u16,
 }
@@ -119,6 +120,7 @@ impl Limits {
             linger_timeout: c.linger_timeout,
             shutdown_timeout: c.shutdown_timeout,
             protocol: c.protocol,
+            proto: c.proto,
             buffers: c.buffers,
         }
     }
@@ -508,7 +510,11 @@ impl Machine {
                 said: &mut self.said,
                 generated: &mut self.generated,
             };
-            let step = c.proto.on_peer_fin(&mut rec);
+            let date = self.date;
+            let ctx = Ctx { date: &date };
+            let step =
+                c.proto
+                    .on_peer_fin(&self.lim.proto, &ctx, &mut self.counters.proto, &mut rec);
             let before = c.queued;
             self.replay_copies(idx, gen, &[]);
             let after = self.slots.get(idx, gen).map_or(0, |c| c.queued);
@@ -658,7 +664,13 @@ impl Machine {
         };
         if c.hold.is_empty() {
             let input = &mut pool.bytes_mut(bid)[..n as usize];
-            let step = c.proto.on_input(&ctx, input, &mut rec);
+            let step = c.proto.on_input(
+                &self.lim.proto,
+                &ctx,
+                &mut self.counters.proto,
+                input,
+                &mut rec,
+            );
             let mut took = false;
             let mut hold_from = None;
             if let Step::Hold { from } = step {
@@ -736,7 +748,13 @@ impl Machine {
             .extend_from_slice(&pool.bytes_mut(bid)[..n as usize]);
         pool.recycle(bid);
         let mut scratch = std::mem::take(&mut self.scratch);
-        let step = c.proto.on_input(&ctx, &mut scratch, &mut rec);
+        let step = c.proto.on_input(
+            &self.lim.proto,
+            &ctx,
+            &mut self.counters.proto,
+            &mut scratch,
+            &mut rec,
+        );
         self.replay_copies(idx, gen, &scratch);
         if let Step::Hold { from } = step {
             let rest = &scratch[from.min(scratch.len())..];

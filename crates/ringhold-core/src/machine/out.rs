@@ -114,6 +114,9 @@ pub struct Out {
     free_node: u32,
     refs: Box<[u16]>,
     buffers_held: u32,
+    /// Boxed one by one: an io_uring send may point into a slot while the vector grows, so a slot's
+    /// bytes must never move.
+    #[allow(clippy::vec_box)]
     slots: Vec<Box<[u8; GEN_SLOT]>>,
     slot_refs: Vec<u32>,
     slot_fill: Vec<u32>,
