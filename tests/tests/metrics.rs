@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -59,9 +59,7 @@ const REJECT_REASONS: [&str; 4] = [
 ];
 
 fn scrape(server: &Server) -> Scrape {
-    let addr = server
-        .metrics
-        .unwrap_or_else(|| panic!("no `metrics on` line in the log:\n{}", server.log()));
+    let addr = server.metrics;
     ringhold_tests::metrics::scrape(addr)
         .unwrap_or_else(|| panic!("GET http://{addr}/metrics failed"))
 }
@@ -70,10 +68,7 @@ fn scrape(server: &Server) -> Scrape {
 fn wait_metric(server: &Server, name: &str, labels: &[(&str, &str)], want: f64) {
     let mut last = None;
     let ok = wait_until(secs(15), || {
-        last = server
-            .metrics
-            .and_then(ringhold_tests::metrics::scrape)
-            .and_then(|s| s.sum(name, labels));
+        last = server.scrape().and_then(|s| s.sum(name, labels));
         last == Some(want)
     });
     assert!(
@@ -640,35 +635,31 @@ fn dashboard_and_provisioning_reference_each_other() {
 /// Echo traffic and connection churn against one server until stopped (bounded in time by itself).
 struct Load {
     stop: Arc<AtomicBool>,
-    errors: Arc<AtomicU64>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Vec<JoinHandle<Result<(), String>>>,
     _idle: Vec<TcpStream>,
 }
 
 impl Load {
     fn start(addr: SocketAddr, idle: usize, busy: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
-        let errors = Arc::new(AtomicU64::new(0));
         let idle = (0..idle).map(|_| net::connect(addr)).collect();
         let threads = (0..busy)
             .map(|t| {
-                let (stop, errors) = (stop.clone(), errors.clone());
-                thread::spawn(move || {
+                let stop = stop.clone();
+                thread::spawn(move || -> Result<(), String> {
                     let deadline = Instant::now() + secs(300);
                     let mut i = 0usize;
                     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                        let mut c = net::connect(addr);
+                        let mut c = net::try_connect(addr)
+                            .map_err(|e| format!("load {addr}, client {t}: connect: {e}"))?;
                         for _ in 0..50 {
                             i += 1;
                             let msg = net::Pattern::bytes(
                                 (t * 1_000_000 + i) as u64,
                                 1 + (i * 997) % 6000,
                             );
-                            if let Err(e) = net::roundtrip(&mut c, &msg) {
-                                eprintln!("load {addr}: {e}");
-                                errors.fetch_add(1, Ordering::Relaxed);
-                                return;
-                            }
+                            net::roundtrip(&mut c, &msg)
+                                .map_err(|e| format!("load {addr}, client {t}: {e}"))?;
                             thread::sleep(Duration::from_millis(2));
                             if stop.load(Ordering::Relaxed) {
                                 break;
@@ -676,29 +667,44 @@ impl Load {
                         }
                         // Wait for the server's close before the next connection.
                         let _ = c.shutdown(Shutdown::Write);
-                        if !matches!(net::read_end(&mut c), net::End::Eof) {
-                            eprintln!("load {addr}: no EOF after FIN");
-                            errors.fetch_add(1, Ordering::Relaxed);
-                            return;
+                        match net::read_end(&mut c) {
+                            net::End::Eof => {}
+                            other => {
+                                return Err(format!(
+                                    "load {addr}, client {t}: after our FIN expected EOF, got {other:?}"
+                                ))
+                            }
                         }
                     }
+                    Ok(())
                 })
             })
             .collect();
         Load {
             stop,
-            errors,
             threads,
             _idle: idle,
         }
     }
 
-    fn finish(self) -> u64 {
+    /// Stops the load; every client thread's error, and the panic of any that panicked.
+    fn finish(self) -> Vec<String> {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            let _ = t.join();
-        }
-        self.errors.load(Ordering::Relaxed)
+        self.threads
+            .into_iter()
+            .filter_map(|t| match t.join() {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e),
+                Err(panic) => Some(format!(
+                    "load thread panicked: {}",
+                    panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| panic.downcast_ref::<&str>().copied())
+                        .unwrap_or("(no message)")
+                )),
+            })
+            .collect()
     }
 }
 
@@ -713,13 +719,7 @@ fn prometheus_answers_every_dashboard_panel_on_both_engines() {
 
     let engines: Vec<Engine> = Engine::ALL
         .into_iter()
-        .filter(|e| match e.unsupported() {
-            Some(why) => {
-                eprintln!("SKIP {TEST} on {}: {why}", e.name());
-                false
-            }
-            None => true,
-        })
+        .filter(|e| *e != Engine::Uring || ringhold_tests::uring_usable(TEST))
         .collect();
     const IDLE: usize = 40;
     const BUSY: usize = 3;
@@ -732,10 +732,7 @@ fn prometheus_answers_every_dashboard_panel_on_both_engines() {
         .iter()
         .map(|s| Load::start(s.addr, IDLE, BUSY))
         .collect();
-    let targets: Vec<SocketAddr> = servers
-        .iter()
-        .map(|s| s.metrics.expect("metrics address"))
-        .collect();
+    let targets: Vec<SocketAddr> = servers.iter().map(|s| s.metrics).collect();
     let prom = Prometheus::start(&bin, &targets);
 
     // Enough scrapes of every target for rate() over the shortest $__rate_interval (4 × 1 s).
@@ -904,8 +901,8 @@ fn prometheus_answers_every_dashboard_panel_on_both_engines() {
         summary.insert(server.engine.name(), load.finish());
     }
     assert!(
-        summary.values().all(|e| *e == 0),
-        "echo errors under load: {summary:?}"
+        summary.values().all(|e| e.is_empty()),
+        "echo errors under load: {summary:#?}"
     );
     eprintln!(
         "{TEST}: {answered} panel queries answered ({} panels' queries × {} substitutions)",
