@@ -134,3 +134,53 @@ pub fn thread_states(pid: u32) -> io::Result<Vec<(u32, char)>> {
     }
     Ok(out)
 }
+
+/// Samples the scheduler state of every thread of a process from a background thread (every 2 ms)
+/// until [`SleepWatch::finish`]: which threads were ever seen not running. A thread in a busy loop
+/// (e.g. retrying accept on EMFILE) is always runnable (R) and is never seen asleep, however loaded
+/// the machine is; a thread that waits for events sleeps (S) between them. This replaces "CPU time
+/// below some share of the wall clock", which a loaded machine makes meaningless.
+pub struct SleepWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<std::collections::BTreeMap<u32, ThreadSamples>>,
+}
+
+/// What [`SleepWatch`] saw of one thread.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadSamples {
+    /// Samples in which the thread existed.
+    pub seen: u32,
+    /// Samples in which it was not runnable (any state but R).
+    pub asleep: u32,
+}
+
+impl SleepWatch {
+    pub fn start(pid: u32) -> SleepWatch {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeMap::<u32, ThreadSamples>::new();
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok(states) = thread_states(pid) {
+                    for (tid, state) in states {
+                        let e = seen.entry(tid).or_default();
+                        e.seen += 1;
+                        if state != 'R' {
+                            e.asleep += 1;
+                        }
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            seen
+        });
+        SleepWatch { stop, handle }
+    }
+
+    /// Stops sampling; per thread id, what was seen.
+    pub fn finish(self) -> std::collections::BTreeMap<u32, ThreadSamples> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.join().unwrap_or_default()
+    }
+}
