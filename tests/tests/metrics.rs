@@ -735,8 +735,12 @@ fn prometheus_answers_every_dashboard_panel_on_both_engines() {
     let targets: Vec<SocketAddr> = servers.iter().map(|s| s.metrics).collect();
     let prom = Prometheus::start(&bin, &targets);
 
-    // Enough scrapes of every target for rate() over the shortest $__rate_interval (4 × 1 s).
-    let want_scrapes = 8.0;
+    // Grafana's $__rate_interval at a 1 s scrape interval is 4 s: two scrapes in it at least. A loaded
+    // machine delays scrapes, so the short interval is scaled like a deadline (12 s at scale 3).
+    let short_secs = (4.0 * ringhold_tests::scale()).ceil() as u64;
+    let short = format!("{short_secs}s");
+    // Enough scrapes of every target for rate() over the shortest interval, and then some.
+    let want_scrapes = (short_secs + 4) as f64;
     let mut last = Vec::new();
     let ready = wait_until(secs(90), || {
         last = prom
@@ -789,7 +793,7 @@ fn prometheus_answers_every_dashboard_panel_on_both_engines() {
     let mut failures = Vec::new();
     let mut answered = 0;
     let mut combos: Vec<(String, String, String)> = Vec::new();
-    for ri in ["4s", "1m"] {
+    for ri in [short.as_str(), "1m"] {
         combos.push((ri.into(), ".*".into(), ".*".into()));
         for t in &targets {
             combos.push((ri.into(), t.to_string(), ".*".into()));
@@ -817,7 +821,7 @@ fn prometheus_answers_every_dashboard_panel_on_both_engines() {
     // The numbers mean what the panels say, per engine.
     for (server, target) in servers.iter().zip(&targets) {
         let one = |expr: &str| -> f64 {
-            let e = expand(expr, "4s", &target.to_string(), ".*");
+            let e = expand(expr, &short, &target.to_string(), ".*");
             let v = prom.values(&e).unwrap_or_else(|err| panic!("{err}"));
             assert_eq!(v.len(), 1, "{e}: {v:?}");
             v[0]
