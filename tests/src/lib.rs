@@ -187,14 +187,14 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// `RINGHOLD_TEST_TIMEOUT_SCALE` (default 1; any positive number): how much slower than a quiet
+/// `RINGHOLD_TEST_TIMEOUT_SCALE` (default 1; any positive number, at most 1000): how much slower than a quiet
 /// developer machine this one may be. `.ci/run` sets 3.
 pub fn scale() -> f64 {
     std::env::var("RINGHOLD_TEST_TIMEOUT_SCALE")
         .ok()
         .and_then(|v| v.trim().parse().ok())
         .filter(|s: &f64| s.is_finite() && *s > 0.0)
-        .unwrap_or(1.0)
+        .map_or(1.0, |s| s.min(1000.0))
 }
 
 /// A deadline `d` stretched by [`scale`]. Every wait of a test goes through this (or [`secs`]); lower
