@@ -211,7 +211,7 @@ def main():
                 next_id += k
                 opened += k
                 live = [c for c in fresh if c.state == "connecting"]
-                got = run_round(live, args.payload, 0, min(args.phase_timeout, 5.0), connecting=True)
+                got = run_round(live, args.payload, 0, args.phase_timeout, connecting=True)
                 got["failed"] += k - len(live)
                 for key in total:
                     total[key] += got[key]

@@ -6,8 +6,10 @@
 //! Rules the tests follow: wait for events (EOF, process exit, a kernel socket state, a log line) with a
 //! deadline instead of sleeping; bound every loop in count and time; stay far below the fd limit of the
 //! test process (heavy tests hold [`serial`] and put more than ~1000 sockets into client subprocesses);
-//! skip only what the machine lacks, and say so (under `CI` a missing tool is a failure, since
-//! `.ci/run` installs them).
+//! scale every deadline by `RINGHOLD_TEST_TIMEOUT_SCALE` ([`secs`], [`scaled`]); skip only what the
+//! machine lacks, and say so ([`skip`]). Under `CI` (set to anything non-empty) a skip is a failure,
+//! since `.ci/run` installs every tool; the one exception is a kernel built without io_uring at all
+//! (see [`uring_usable`]).
 //!
 //! What this crate must not do: talk to anything but loopback, or leave a server running (the
 //! [`Server`] handle kills its child on drop).
@@ -45,7 +47,7 @@ impl Engine {
 
     /// Why this engine cannot run on this machine, if it cannot (checked with the kernel directly, not
     /// with ringhold, so that a ringhold bug is never mistaken for a missing kernel feature).
-    pub fn unsupported(self) -> Option<String> {
+    pub fn unsupported(self) -> Option<procfs::Unavailable> {
         match self {
             Engine::Epoll => None,
             Engine::Uring => procfs::io_uring_unavailable(),
@@ -53,10 +55,48 @@ impl Engine {
     }
 }
 
-/// Runs `body` on `engine`, or prints why it is skipped when the kernel lacks the engine.
+/// Whether this is a CI run: `CI` is set to any non-empty value (`.ci/run` sets `CI=true`).
+pub fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty())
+}
+
+/// Skips what follows for `reason`: prints `SKIP <reason>`, or panics with it under `CI`, where
+/// `.ci/run` has installed everything the tests use and a skip would turn a failure into a pass.
+pub fn skip(reason: &str) {
+    if in_ci() {
+        panic!("{reason} (CI is set: a skip is a failure here)");
+    }
+    eprintln!("SKIP {reason}");
+}
+
+/// Whether io_uring can be used here; if not, says why and skips `test`. A kernel that does not have
+/// io_uring at all (ENOSYS with no seccomp filter) skips even under `CI`: nothing can run there. A
+/// kernel that has it but refuses it (seccomp, `kernel.io_uring_disabled`, RLIMIT_MEMLOCK, …) is a
+/// failure under `CI`: half the suite would otherwise pass green without testing anything.
+pub fn uring_usable(test: &str) -> bool {
+    match Engine::Uring.unsupported() {
+        None => true,
+        Some(u) if u.kernel_lacks_it => {
+            eprintln!(
+                "SKIP {test} on uring: {} (the kernel has no io_uring)",
+                u.why
+            );
+            false
+        }
+        Some(u) => {
+            skip(&format!(
+                "{test} on uring: this kernel has io_uring but refuses it here: {}",
+                u.why
+            ));
+            false
+        }
+    }
+}
+
+/// Runs `body` on `engine`, or says why it is skipped when the kernel lacks the engine (a failure
+/// under `CI` unless the kernel has no io_uring at all, see [`uring_usable`]).
 pub fn run_on(engine: Engine, test: &str, body: impl FnOnce(Engine)) {
-    if let Some(why) = engine.unsupported() {
-        eprintln!("SKIP {test} on {}: {why}", engine.name());
+    if engine == Engine::Uring && !uring_usable(test) {
         return;
     }
     raise_own_nofile();
@@ -147,12 +187,28 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// A timeout scaled by `RINGHOLD_TEST_TIMEOUT_SCALE` (default 1), for slow or loaded machines.
-pub fn secs(n: u64) -> Duration {
-    let scale: f64 = std::env::var("RINGHOLD_TEST_TIMEOUT_SCALE")
+/// `RINGHOLD_TEST_TIMEOUT_SCALE` (default 1; any positive number, at most 1000): how much slower than a quiet
+/// developer machine this one may be. `.ci/run` sets 3.
+pub fn scale() -> f64 {
+    std::env::var("RINGHOLD_TEST_TIMEOUT_SCALE")
         .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|s: &f64| *s > 0.0)
-        .unwrap_or(1.0);
-    Duration::from_secs_f64(n as f64 * scale)
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|s: &f64| s.is_finite() && *s > 0.0)
+        .map_or(1.0, |s| s.min(1000.0))
+}
+
+/// A deadline `d` stretched by [`scale`]. Every wait of a test goes through this (or [`secs`]); lower
+/// bounds ("a limited server cannot be faster than …") are not scaled.
+pub fn scaled(d: Duration) -> Duration {
+    d.mul_f64(scale())
+}
+
+/// A timeout of `n` seconds scaled by `RINGHOLD_TEST_TIMEOUT_SCALE` (see [`scale`]).
+pub fn secs(n: u64) -> Duration {
+    scaled(Duration::from_secs(n))
+}
+
+/// `d` as a `ringhold serve` duration flag value in whole milliseconds, e.g. `"3000ms"`.
+pub fn flag_ms(d: Duration) -> String {
+    format!("{}ms", d.as_millis().max(1))
 }

@@ -2,7 +2,6 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
 
 /// One scrape: `(name, labels, value)` per sample line.
 #[derive(Debug, Default)]
@@ -33,8 +32,9 @@ impl Scrape {
 
 /// GET /metrics from `addr`; `None` on any failure (the caller decides whether that matters).
 pub fn scrape(addr: SocketAddr) -> Option<Scrape> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let mut s = TcpStream::connect_timeout(&addr, crate::secs(5)).ok()?;
+    s.set_read_timeout(Some(crate::secs(10))).ok()?;
+    s.set_write_timeout(Some(crate::secs(10))).ok()?;
     s.write_all(
         format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
     )

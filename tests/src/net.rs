@@ -6,10 +6,16 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-/// How long a blocking read or write may wait before the test calls it a hang.
+/// How long a blocking read or write may wait before the test calls it a hang (before scaling by
+/// `RINGHOLD_TEST_TIMEOUT_SCALE`: use [`io_timeout`]).
 pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A blocking client connection with [`IO_TIMEOUT`] on reads and writes and TCP_NODELAY.
+/// [`IO_TIMEOUT`] scaled by `RINGHOLD_TEST_TIMEOUT_SCALE`.
+pub fn io_timeout() -> Duration {
+    crate::scaled(IO_TIMEOUT)
+}
+
+/// A blocking client connection with [`io_timeout`] on reads and writes and TCP_NODELAY.
 pub fn connect(addr: SocketAddr) -> TcpStream {
     try_connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
 }
@@ -17,8 +23,8 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
 /// [`connect`] that returns the error.
 pub fn try_connect(addr: SocketAddr) -> io::Result<TcpStream> {
     let s = TcpStream::connect_timeout(&addr, crate::secs(10))?;
-    s.set_read_timeout(Some(crate::secs(IO_TIMEOUT.as_secs())))?;
-    s.set_write_timeout(Some(crate::secs(IO_TIMEOUT.as_secs())))?;
+    s.set_read_timeout(Some(io_timeout()))?;
+    s.set_write_timeout(Some(io_timeout()))?;
     s.set_nodelay(true)?;
     Ok(s)
 }
@@ -229,9 +235,9 @@ pub fn connect_with_rcvbuf(addr: SocketAddr, rcvbuf: usize) -> TcpStream {
     sock.connect_timeout(&addr.into(), crate::secs(10))
         .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     let s: TcpStream = sock.into();
-    s.set_read_timeout(Some(crate::secs(IO_TIMEOUT.as_secs())))
+    s.set_read_timeout(Some(io_timeout()))
         .expect("read timeout");
-    s.set_write_timeout(Some(crate::secs(IO_TIMEOUT.as_secs())))
+    s.set_write_timeout(Some(io_timeout()))
         .expect("write timeout");
     s.set_nodelay(true).expect("nodelay");
     s

@@ -177,7 +177,7 @@ impl ServerBuilder {
             child,
             engine: self.engine,
             addr: "0.0.0.0:0".parse().expect("addr"),
-            metrics: None,
+            metrics: "0.0.0.0:0".parse().expect("addr"),
             log,
             exited: None,
         };
@@ -190,9 +190,20 @@ impl ServerBuilder {
             );
         };
         server.addr = addr;
-        server.metrics = parse_after(&server.log.snapshot(), "metrics on http://")
+        // The server announces its metrics address before `listening on`; every server started here
+        // has one (`--metrics-listen 127.0.0.1:0`), and a test that checks a metric must be able to.
+        let Some(metrics) = parse_after(&server.log.snapshot(), "metrics on http://")
             .and_then(|s| s.trim_end_matches("/metrics").parse::<SocketAddr>().ok())
-            .filter(|a| a.port() != 0);
+            .filter(|a| a.port() != 0)
+        else {
+            panic!(
+                "ringhold serve --engine {} did not announce `metrics on http://<addr>/metrics` \
+                 before `listening on`; its log:\n{}",
+                self.engine.name(),
+                server.log.snapshot()
+            );
+        };
+        server.metrics = metrics;
         server
     }
 }
@@ -229,8 +240,8 @@ pub struct Server {
     pub engine: Engine,
     /// Where it listens.
     pub addr: SocketAddr,
-    /// Its /metrics endpoint, once the metrics crate serves one (`None` while it does not).
-    pub metrics: Option<SocketAddr>,
+    /// Its /metrics endpoint (every server the harness starts has one).
+    pub metrics: SocketAddr,
     log: Arc<Log>,
     exited: Option<ExitStatus>,
 }
@@ -321,7 +332,7 @@ impl Server {
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         // The stderr reader sees EOF when the process (and every thread of it) has gone.
         self.log.wait(timeout, |_| None::<()>);
-        let deadline = Instant::now() + Duration::from_secs(2).min(timeout);
+        let deadline = Instant::now() + crate::secs(2).min(timeout);
         loop {
             if let Some(st) = self.try_exit_status() {
                 return Some(st);
@@ -348,15 +359,14 @@ impl Server {
         procfs::open_fds(self.child.id()).expect("open fds of the server")
     }
 
-    /// Scrapes /metrics; `None` when the server has no metrics endpoint yet.
+    /// Scrapes /metrics; `None` when the scrape failed.
     pub fn scrape(&self) -> Option<crate::metrics::Scrape> {
-        crate::metrics::scrape(self.metrics?)
+        crate::metrics::scrape(self.metrics)
     }
 
-    /// When the server serves /metrics: waits until the sum of `name` over the samples that carry
-    /// `labels` (e.g. over shards) satisfies `pred` — counters are flushed about once a second — and
-    /// panics with the last value after 10 s. Without a metrics endpoint it checks nothing (the same
-    /// fact is then asserted through sockets by the caller).
+    /// Waits until the sum of `name` over the samples that carry `labels` (e.g. over shards) satisfies
+    /// `pred` — counters are flushed about once a second — and panics with the last value (`None`:
+    /// the scrape failed or has no such sample) after 10 s (scaled).
     pub fn expect_metric(
         &self,
         name: &str,
@@ -364,7 +374,7 @@ impl Server {
         what: &str,
         pred: impl Fn(f64) -> bool,
     ) {
-        let Some(addr) = self.metrics else { return };
+        let addr = self.metrics;
         let mut last = None;
         let ok = crate::wait_until(crate::secs(10), || {
             last = crate::metrics::scrape(addr).and_then(|s| s.sum(name, labels));
@@ -372,7 +382,7 @@ impl Server {
         });
         assert!(
             ok,
-            "metric {name}{labels:?} = {last:?}, expected {what} ({})",
+            "metric {name}{labels:?} = {last:?} at http://{addr}/metrics, expected {what} ({})",
             self.engine.name()
         );
     }

@@ -22,6 +22,10 @@ pub struct TcpDiag {
 
 /// Looks up the TCP socket whose local address is `local` and remote address `remote`.
 /// `Ok(None)` when the kernel has no such socket (closed and gone). IPv4 and IPv6.
+///
+/// The kernel answers an exact lookup the way it routes a packet: with the connection if it exists,
+/// else with the socket listening on `local` (state LISTEN, remote port 0). That answer is not the
+/// connection asked for, so it counts as "no such socket" here.
 pub fn lookup(local: SocketAddr, remote: SocketAddr) -> io::Result<Option<TcpDiag>> {
     let family = match (local, remote) {
         (SocketAddr::V4(_), SocketAddr::V4(_)) => libc::AF_INET,
@@ -88,6 +92,10 @@ pub fn lookup(local: SocketAddr, remote: SocketAddr) -> io::Result<Option<TcpDia
     }
     // struct inet_diag_msg: family, state, timer, retrans, id (48), expires, rqueue, wqueue, …
     let d = &msg[16..];
+    // id: sport, dport (2 each), src, dst (16 each), as in the request.
+    if d[4..40] != req[24..60] {
+        return Ok(None);
+    }
     let u32_at = |o: usize| u32::from_ne_bytes([d[o], d[o + 1], d[o + 2], d[o + 3]]);
     Ok(Some(TcpDiag {
         state: d[1],
@@ -126,7 +134,7 @@ mod tests {
         let (s, peer) = l.accept().expect("accept");
         c.write_all(&[7u8; 1000]).expect("write");
         let server_side = s.local_addr().expect("addr");
-        let ok = crate::wait_until(std::time::Duration::from_secs(5), || {
+        let ok = crate::wait_until(crate::secs(5), || {
             lookup(server_side, peer)
                 .expect("lookup")
                 .is_some_and(|d| d.rqueue == 1000)
@@ -143,7 +151,14 @@ mod tests {
                 .map(|d| d.rqueue),
             Some(0)
         );
-        drop((c, s));
+        // Reset and gone while the listener is still there: the kernel would answer with the
+        // listener, which is not this connection.
+        socket2::SockRef::from(&s)
+            .set_linger(Some(std::time::Duration::ZERO))
+            .expect("SO_LINGER");
+        drop(s);
+        assert_eq!(lookup(server_side, peer).expect("lookup"), None);
+        drop(c);
         let gone = "127.0.0.1:1".parse().expect("addr");
         assert_eq!(lookup(gone, gone).expect("lookup"), None);
     }

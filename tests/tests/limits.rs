@@ -3,11 +3,12 @@
 //! instead of refusing them, every limit shows in the metrics, and bad values are refused with an error
 //! that names the flag.
 //!
-//! Assertions about time are lower bounds (a limited server cannot be faster than its limit) or wide
-//! bands over transfers of several seconds; round trips of a neighbour are counted, not timed.
+//! Assertions about time are lower bounds only (a limited server cannot be faster than its limit, however
+//! loaded the machine is); how fast an unlimited server is belongs to bench/. Round trips of a
+//! neighbour are counted, not timed; a pause the test must observe is scaled by
+//! RINGHOLD_TEST_TIMEOUT_SCALE.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -30,51 +31,11 @@ const HEAVY_BURST: usize = 256 * KIB;
 /// Ping-pong round trips of the neighbour, 64 B each: 12.5 KiB in all, far inside its own burst.
 const NEIGHBOUR_ROUND_TRIPS: u64 = 200;
 
-/// Sends `len` bytes (zeros) from one thread and counts the echo in another: the cheapest client
-/// there is, for a transfer whose speed is compared, not checked byte by byte.
-fn blast(s: TcpStream, len: usize) -> Result<(), String> {
-    let mut w = s.try_clone().map_err(|e| format!("try_clone: {e}"))?;
-    let writer = thread::spawn(move || -> std::io::Result<()> {
-        let buf = vec![0u8; 64 * KIB];
-        let mut left = len;
-        while left > 0 {
-            let n = left.min(buf.len());
-            w.write_all(&buf[..n])?;
-            left -= n;
-        }
-        Ok(())
-    });
-    let mut r = s;
-    let mut buf = vec![0u8; 64 * KIB];
-    let mut got = 0;
-    while got < len {
-        match r.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                let _ = r.shutdown(std::net::Shutdown::Both);
-                let _ = writer.join();
-                return Err(format!("read after {got} of {len} bytes: {e}"));
-            }
-        }
-    }
-    let wres = writer.join().map_err(|_| "writer panicked".to_string())?;
-    wres.map_err(|e| format!("write: {e}"))?;
-    if got != len {
-        return Err(format!("EOF after {got} of {len} bytes"));
-    }
-    Ok(())
-}
-
-fn mib_per_s(bytes: usize, d: Duration) -> f64 {
-    bytes as f64 / MIB as f64 / d.as_secs_f64()
-}
-
-/// A client pushing as fast as it can is held to about 1 MiB/s and gets every byte back in order.
-/// Meanwhile a neighbour on the same server (the limit is per connection; it stays within its own
-/// budget) completes all its round trips, and the same number of bytes goes through a server without
-/// the flag, much faster.
+/// A client pushing as fast as it can is held to about 1 MiB/s (it cannot get its 5 MiB through in
+/// less time than the limit allows) and gets every byte back in order. Meanwhile a neighbour on the same
+/// server (the limit is per connection; it stays within its own budget) completes all its round trips
+/// before the heavy transfer ends, and the same bytes go through a server without the flag, byte-exact
+/// and never paused.
 fn rate_limit_paces_without_loss(engine: Engine) {
     let limited = Server::builder(engine)
         .shards(1)
@@ -104,11 +65,9 @@ fn rate_limit_paces_without_loss(engine: Engine) {
             .unwrap_or_else(|e| panic!("neighbour round trip {i}: {e}"));
     }
     let neighbour_first = !heavy_done.load(Ordering::SeqCst);
-    // Meanwhile, the same number of bytes through the server without the flag.
-    let t1 = Instant::now();
-    blast(free.connect(), HEAVY).unwrap_or_else(|e| panic!("through the unlimited server: {e}"));
-    let free_took = t1.elapsed();
-    let free_first = !heavy_done.load(Ordering::SeqCst);
+    // Meanwhile, the same bytes through the server without the flag.
+    echo_stream(free.connect(), 11, HEAVY, 64 * KIB, false)
+        .unwrap_or_else(|e| panic!("through the unlimited server: {e}"));
 
     let (res, took) = heavy.join().expect("heavy client thread");
     res.unwrap_or_else(|e| panic!("heavy client through --rate-limit: {e}"));
@@ -117,38 +76,34 @@ fn rate_limit_paces_without_loss(engine: Engine) {
         "the neighbour's {NEIGHBOUR_ROUND_TRIPS} round trips were not done before the heavy transfer \
          ({took:?}) ended"
     );
-    assert!(
-        free_first,
-        "the transfer through the unlimited server ({free_took:?}) was not done before the heavy one \
-         ({took:?}) ended"
-    );
-    let rate = mib_per_s(HEAVY, took);
-    let paced = mib_per_s(HEAVY - HEAVY_BURST, took);
+    // The server read (and so could echo) at most the burst, the rate times the time, and the one read
+    // that went into debt last (a read is one 2 KiB buffer; 64 KiB allowed for).
+    let floor = Duration::from_secs_f64((HEAVY - HEAVY_BURST - 64 * KIB) as f64 / MIB as f64);
     eprintln!(
-        "{}: {} MiB through --rate-limit 1MiB/s,256KiB in {:.2} s = {rate:.3} MiB/s ({paced:.3} MiB/s \
-         after the burst); without the flag {:.3} s = {:.1} MiB/s ({:.0}x)",
+        "{}: {} MiB through --rate-limit 1MiB/s,256KiB in {took:?} (floor {floor:?})",
         engine.name(),
         HEAVY / MIB,
-        took.as_secs_f64(),
-        free_took.as_secs_f64(),
-        mib_per_s(HEAVY, free_took),
-        took.as_secs_f64() / free_took.as_secs_f64()
     );
     assert!(
-        (0.5..=2.0).contains(&rate),
-        "long-run rate {rate:.3} MiB/s through --rate-limit 1MiB/s,256KiB is outside 0.5..=2 MiB/s"
-    );
-    assert!(
-        free_took * 2 < took,
-        "the unlimited server ({free_took:?}) was not clearly faster than the limited one ({took:?})"
+        took >= floor,
+        "{} MiB came back through --rate-limit 1MiB/s,256KiB in {took:?}, faster than the limit allows \
+         ({floor:?})",
+        HEAVY / MIB
     );
 
     // --check-every 1 (the default) checks every read, and a read is at most one 2 KiB buffer: the
-    // heavy connection is paused over and over, a little at a time, not in a few long stops.
-    let min_pauses = ((HEAVY - 2 * HEAVY_BURST) / (2 * KIB) / 2) as f64;
-    limited.expect_metric(PAUSES, &[], "one pause every read or two", |v| {
-        v >= min_pauses
-    });
+    // heavy connection is paused over and over, a little at a time, not in a few long stops (a stop
+    // until the bucket is full again would be one per 256 KiB). A pause pays back the debt of one read;
+    // a shard that resumes late finds the tokens of its lateness too, so on a loaded machine a pause
+    // covers more bytes: up to 2 × 2 KiB + 1 MiB/s × 50 ms (× the timeout scale) are allowed for.
+    let per_pause = (4 * KIB) as f64 + MIB as f64 * 0.05 * ringhold_tests::scale();
+    let min_pauses = ((HEAVY - 2 * HEAVY_BURST) as f64 / per_pause).floor();
+    limited.expect_metric(
+        PAUSES,
+        &[],
+        &format!(">= {min_pauses}: many short pauses"),
+        |v| v >= min_pauses,
+    );
     // Once the heavy connection is gone, nobody is throttled; the unlimited server never paused.
     limited.expect_metric(THROTTLED, &[], "0 once the heavy client left", |v| v == 0.0);
     free.expect_metric(PAUSES, &[], "0 without --rate-limit", |v| v == 0.0);
@@ -181,16 +136,17 @@ fn message_rate_pauses(engine: Engine) {
     server.expect_metric(PAUSES, &[], "> 0", |v| v >= 1.0);
 }
 
-/// A connection paused for a long time shows in the gauge (5 s: several flushes and scrapes, even on a
-/// loaded machine); its next message waits for the pause, then
-/// comes back intact; a peer that resets it while paused takes it off the gauge.
+/// A connection paused for a long time shows in the gauge (5 s, scaled: several flushes and scrapes,
+/// even on a loaded machine); its next message waits for the pause, then comes back intact; a peer
+/// that resets it while paused takes it off the gauge.
 fn throttled_gauge_follows_pauses(engine: Engine) {
+    let pause = Duration::from_secs(secs(5).as_secs().max(5));
     let server = Server::builder(engine)
         .shards(1)
-        .args(["--message-rate", "1,5s"])
+        .args(["--message-rate", &format!("1,{}s", pause.as_secs())])
         .start();
     let mut c = server.connect();
-    // The first read takes the only token, the second goes 1 into debt: a 5 s pause.
+    // The first read takes the only token, the second goes 1 into debt: a pause of the whole period.
     roundtrip(&mut c, b"one").expect("first round trip");
     let t0 = Instant::now();
     roundtrip(&mut c, b"two").expect("second round trip");
@@ -198,8 +154,8 @@ fn throttled_gauge_follows_pauses(engine: Engine) {
     roundtrip(&mut c, b"three").expect("third round trip, after the pause");
     let waited = t0.elapsed();
     assert!(
-        waited >= Duration::from_millis(4900),
-        "the third message came back {waited:?} after the second: the 5 s pause was not kept"
+        waited >= pause - Duration::from_millis(100),
+        "the third message came back {waited:?} after the second: the {pause:?} pause was not kept"
     );
     // The third read went into debt again: paused once more. Reset the connection meanwhile.
     server.expect_metric(PAUSES, &[], "2", |v| v == 2.0);
@@ -284,22 +240,46 @@ fn max_conn_rate_spreads_accepts(engine: Engine) {
         at.push(Instant::now());
     }
     // 60 accepts need 60 tokens: the bucket holds 20 (nothing connected before t0), the other 40 come
-    // at 20 per second. The last echo cannot come sooner (a few ms of clock rounding aside).
+    // at 20 per second. So connection k (1-based) cannot be accepted, and echo, sooner than (k - 20) /
+    // 20 s after t0 (a few ms of clock rounding aside): at most 20 at once (the burst), then 20 a second.
+    // These are lower bounds on time; a loaded machine only makes the echoes later.
+    let floor = |k: usize| Duration::from_millis((k.saturating_sub(RATE) * 1000 / RATE) as u64);
+    let slack = Duration::from_millis(20);
+    let early: Vec<String> = at
+        .iter()
+        .enumerate()
+        .filter(|(i, t)| **t - t0 + slack < floor(i + 1))
+        .map(|(i, t)| {
+            format!(
+                "connection {} echoed after {:?} < {:?}",
+                i + 1,
+                *t - t0,
+                floor(i + 1)
+            )
+        })
+        .collect();
     let spread = at[N - 1] - t0;
-    let floor = Duration::from_millis(((N - RATE) * 1000 / RATE) as u64);
     let in_first_half_second = at
         .iter()
         .filter(|t| **t - t0 < Duration::from_millis(500))
         .count();
     eprintln!(
-        "{}: {N} connects at --max-conn-rate {RATE}: last echo after {spread:?} (floor {floor:?}), \
+        "{}: {N} connects at --max-conn-rate {RATE}: last echo after {spread:?} (floor {:?}), \
          {in_first_half_second} in the first 0.5 s",
-        engine.name()
+        engine.name(),
+        floor(N)
     );
     assert!(
-        spread >= floor - Duration::from_millis(20),
-        "{N} connects were all accepted within {spread:?}; --max-conn-rate {RATE} should spread them \
-         over at least {floor:?}"
+        early.is_empty(),
+        "--max-conn-rate {RATE} let connections in faster than a burst of {RATE} and {RATE}/s:\n{}",
+        early.join("\n")
+    );
+    // The burst: in the first half second, at most the bucket (20) and half a second of refill (10).
+    assert!(
+        in_first_half_second <= RATE + RATE / 2,
+        "{in_first_half_second} connections echoed in the first 0.5 s: more than a burst of {RATE} \
+         and {} tokens of refill",
+        RATE / 2
     );
     server.expect_metric(DEFERRED, &[], "> 0", |v| v > 0.0);
     server.expect_metric(

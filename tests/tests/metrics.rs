@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -65,9 +65,7 @@ const REJECT_REASONS: [&str; 4] = [
 ];
 
 fn scrape(server: &Server) -> Scrape {
-    let addr = server
-        .metrics
-        .unwrap_or_else(|| panic!("no `metrics on` line in the log:\n{}", server.log()));
+    let addr = server.metrics;
     ringhold_tests::metrics::scrape(addr)
         .unwrap_or_else(|| panic!("GET http://{addr}/metrics failed"))
 }
@@ -76,10 +74,7 @@ fn scrape(server: &Server) -> Scrape {
 fn wait_metric(server: &Server, name: &str, labels: &[(&str, &str)], want: f64) {
     let mut last = None;
     let ok = wait_until(secs(15), || {
-        last = server
-            .metrics
-            .and_then(ringhold_tests::metrics::scrape)
-            .and_then(|s| s.sum(name, labels));
+        last = server.scrape().and_then(|s| s.sum(name, labels));
         last == Some(want)
     });
     assert!(
@@ -646,35 +641,31 @@ fn dashboard_and_provisioning_reference_each_other() {
 /// Echo traffic and connection churn against one server until stopped (bounded in time by itself).
 struct Load {
     stop: Arc<AtomicBool>,
-    errors: Arc<AtomicU64>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Vec<JoinHandle<Result<(), String>>>,
     _idle: Vec<TcpStream>,
 }
 
 impl Load {
     fn start(addr: SocketAddr, idle: usize, busy: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
-        let errors = Arc::new(AtomicU64::new(0));
         let idle = (0..idle).map(|_| net::connect(addr)).collect();
         let threads = (0..busy)
             .map(|t| {
-                let (stop, errors) = (stop.clone(), errors.clone());
-                thread::spawn(move || {
+                let stop = stop.clone();
+                thread::spawn(move || -> Result<(), String> {
                     let deadline = Instant::now() + secs(300);
                     let mut i = 0usize;
                     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                        let mut c = net::connect(addr);
+                        let mut c = net::try_connect(addr)
+                            .map_err(|e| format!("load {addr}, client {t}: connect: {e}"))?;
                         for _ in 0..50 {
                             i += 1;
                             let msg = net::Pattern::bytes(
                                 (t * 1_000_000 + i) as u64,
                                 1 + (i * 997) % 6000,
                             );
-                            if let Err(e) = net::roundtrip(&mut c, &msg) {
-                                eprintln!("load {addr}: {e}");
-                                errors.fetch_add(1, Ordering::Relaxed);
-                                return;
-                            }
+                            net::roundtrip(&mut c, &msg)
+                                .map_err(|e| format!("load {addr}, client {t}: {e}"))?;
                             thread::sleep(Duration::from_millis(2));
                             if stop.load(Ordering::Relaxed) {
                                 break;
@@ -682,29 +673,44 @@ impl Load {
                         }
                         // Wait for the server's close before the next connection.
                         let _ = c.shutdown(Shutdown::Write);
-                        if !matches!(net::read_end(&mut c), net::End::Eof) {
-                            eprintln!("load {addr}: no EOF after FIN");
-                            errors.fetch_add(1, Ordering::Relaxed);
-                            return;
+                        match net::read_end(&mut c) {
+                            net::End::Eof => {}
+                            other => {
+                                return Err(format!(
+                                    "load {addr}, client {t}: after our FIN expected EOF, got {other:?}"
+                                ))
+                            }
                         }
                     }
+                    Ok(())
                 })
             })
             .collect();
         Load {
             stop,
-            errors,
             threads,
             _idle: idle,
         }
     }
 
-    fn finish(self) -> u64 {
+    /// Stops the load; every client thread's error, and the panic of any that panicked.
+    fn finish(self) -> Vec<String> {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            let _ = t.join();
-        }
-        self.errors.load(Ordering::Relaxed)
+        self.threads
+            .into_iter()
+            .filter_map(|t| match t.join() {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e),
+                Err(panic) => Some(format!(
+                    "load thread panicked: {}",
+                    panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| panic.downcast_ref::<&str>().copied())
+                        .unwrap_or("(no message)")
+                )),
+            })
+            .collect()
     }
 }
 
@@ -719,13 +725,7 @@ fn prometheus_answers_every_dashboard_panel_on_both_engines() {
 
     let engines: Vec<Engine> = Engine::ALL
         .into_iter()
-        .filter(|e| match e.unsupported() {
-            Some(why) => {
-                eprintln!("SKIP {TEST} on {}: {why}", e.name());
-                false
-            }
-            None => true,
-        })
+        .filter(|e| *e != Engine::Uring || ringhold_tests::uring_usable(TEST))
         .collect();
     const IDLE: usize = 40;
     const BUSY: usize = 3;
@@ -738,14 +738,15 @@ fn prometheus_answers_every_dashboard_panel_on_both_engines() {
         .iter()
         .map(|s| Load::start(s.addr, IDLE, BUSY))
         .collect();
-    let targets: Vec<SocketAddr> = servers
-        .iter()
-        .map(|s| s.metrics.expect("metrics address"))
-        .collect();
+    let targets: Vec<SocketAddr> = servers.iter().map(|s| s.metrics).collect();
     let prom = Prometheus::start(&bin, &targets);
 
-    // Enough scrapes of every target for rate() over the shortest $__rate_interval (4 × 1 s).
-    let want_scrapes = 8.0;
+    // Grafana's $__rate_interval at a 1 s scrape interval is 4 s: two scrapes in it at least. A loaded
+    // machine delays scrapes, so the short interval is scaled like a deadline (12 s at scale 3).
+    let short_secs = (4.0 * ringhold_tests::scale()).ceil() as u64;
+    let short = format!("{short_secs}s");
+    // Enough scrapes of every target for rate() over the shortest interval, and then some.
+    let want_scrapes = (short_secs + 4) as f64;
     let mut last = Vec::new();
     let ready = wait_until(secs(90), || {
         last = prom
@@ -798,7 +799,7 @@ fn prometheus_answers_every_dashboard_panel_on_both_engines() {
     let mut failures = Vec::new();
     let mut answered = 0;
     let mut combos: Vec<(String, String, String)> = Vec::new();
-    for ri in ["4s", "1m"] {
+    for ri in [short.as_str(), "1m"] {
         combos.push((ri.into(), ".*".into(), ".*".into()));
         for t in &targets {
             combos.push((ri.into(), t.to_string(), ".*".into()));
@@ -826,7 +827,7 @@ fn prometheus_answers_every_dashboard_panel_on_both_engines() {
     // The numbers mean what the panels say, per engine.
     for (server, target) in servers.iter().zip(&targets) {
         let one = |expr: &str| -> f64 {
-            let e = expand(expr, "4s", &target.to_string(), ".*");
+            let e = expand(expr, &short, &target.to_string(), ".*");
             let v = prom.values(&e).unwrap_or_else(|err| panic!("{err}"));
             assert_eq!(v.len(), 1, "{e}: {v:?}");
             v[0]
@@ -910,8 +911,8 @@ fn prometheus_answers_every_dashboard_panel_on_both_engines() {
         summary.insert(server.engine.name(), load.finish());
     }
     assert!(
-        summary.values().all(|e| *e == 0),
-        "echo errors under load: {summary:?}"
+        summary.values().all(|e| e.is_empty()),
+        "echo errors under load: {summary:#?}"
     );
     eprintln!(
         "{TEST}: {answered} panel queries answered ({} panels' queries × {} substitutions)",

@@ -25,7 +25,7 @@ fn asyncio_1000_connections(engine: Engine) {
         "--messages",
         "5",
         "--deadline",
-        "100",
+        &secs(100).as_secs().to_string(),
     ];
     let mut c = Client::python(&python, "asyncio_echo.py", &args.map(String::from));
     let status = c.wait(secs(120));

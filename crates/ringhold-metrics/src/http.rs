@@ -166,7 +166,10 @@ mod tests {
     fn serves_over_tcp() {
         let addr = serve("127.0.0.1:0".parse().unwrap(), || "hello 1\n".to_string()).unwrap();
         assert_ne!(addr.port(), 0);
-        let mut s = TcpStream::connect(addr).unwrap();
+        // Deadlines on every step: a responder bug fails the test instead of hanging it.
+        let mut s = TcpStream::connect_timeout(&addr, ringhold_tests::secs(5)).unwrap();
+        s.set_read_timeout(Some(ringhold_tests::secs(10))).unwrap();
+        s.set_write_timeout(Some(ringhold_tests::secs(10))).unwrap();
         s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
             .unwrap();
         let mut resp = String::new();

@@ -1,21 +1,35 @@
 //! The exporter end to end inside one process: install on an ephemeral port, flush synthetic shard
-//! counters, scrape over real TCP, check exact values and `promtool check metrics`.
+//! counters, scrape over real TCP (with deadlines: a hung exporter fails, it does not hang the test),
+//! check exact values and `promtool check metrics` (a SKIP without promtool, a failure under `CI`).
 //! (One test function: the recorder is process-global.)
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use ringhold_core::{CloseReason, RejectReason, ShardCounters};
 use ringhold_metrics::{install, names, render, ShardMetrics};
+use ringhold_tests::secs;
+use ringhold_tests::tools::{require, run_with_input};
+
+/// Sends one raw HTTP request and reads the whole response, each step with a deadline.
+fn request(addr: SocketAddr, req: &[u8]) -> String {
+    let mut s = TcpStream::connect_timeout(&addr, secs(5)).expect("connect to the exporter");
+    s.set_read_timeout(Some(secs(10))).expect("read timeout");
+    s.set_write_timeout(Some(secs(10))).expect("write timeout");
+    s.write_all(req).expect("send the request");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)
+        .expect("read the response (within the deadline)");
+    resp
+}
 
 fn scrape(addr: SocketAddr) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nAccept: */*\r\n\r\n")
-        .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
+    let resp = request(
+        addr,
+        b"GET /metrics HTTP/1.1\r\nHost: test\r\nAccept: */*\r\n\r\n",
+    );
     let (head, body) = resp.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
     assert!(
@@ -166,42 +180,45 @@ fn exporter_end_to_end() {
     let m = samples(&scrape(addr));
     assert_eq!(m[r#"ringhold_connections_active{shard="0"}"#], 1.0);
 
-    // A dropped shard no longer counts towards memory per connection.
+    // Memory per connection divides by every live shard's connections: 1 + 5 now.
+    let per_conn = |text: &str| samples(text)["ringhold_resident_bytes_per_connection"];
+    let rss_of = |text: &str| samples(text)["ringhold_process_resident_memory_bytes"];
+    let before = render().expect("installed");
+    let (pc, rss) = (per_conn(&before), rss_of(&before));
+    assert!(
+        (pc * 6.0 - rss).abs() / rss < 0.01,
+        "2 shards, 6 connections: {pc} per connection of {rss}"
+    );
+    // A dropped shard no longer counts towards memory per connection: 1 connection left.
     drop(s1);
-    let _ = render().unwrap();
+    let after = render().expect("installed");
+    let (pc, rss) = (per_conn(&after), rss_of(&after));
+    assert!(
+        (pc - rss).abs() / rss < 0.01,
+        "a dropped shard's 5 connections still count: {pc} per connection of {rss} with 1 left"
+    );
+    // And with no shard left, there is no connection: undefined (NaN), not a number.
+    drop(s0);
+    let none = render().expect("installed");
+    assert!(
+        per_conn(&none).is_nan(),
+        "no shard left: {} per connection",
+        per_conn(&none)
+    );
 
     // promtool's linter on the real scrape.
-    match Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Err(e) => eprintln!(
-            "SKIP promtool check: promtool not runnable ({e}); install Debian's `prometheus`"
-        ),
-        Ok(mut child) => {
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(text.as_bytes())
-                .unwrap();
-            let out = child.wait_with_output().unwrap();
-            assert!(
-                out.status.success(),
-                "promtool check metrics failed:\n{}{}\n--- scrape ---\n{text}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+    if let Some(promtool) = require("promtool", "prometheus", "exporter_end_to_end") {
+        let mut cmd = Command::new(promtool);
+        cmd.args(["check", "metrics"]);
+        let (status, stdout, stderr) = run_with_input(cmd, text.clone().into_bytes(), secs(60));
+        assert!(
+            status.success(),
+            "promtool check metrics failed:\n{}{stderr}\n--- scrape ---\n{text}",
+            String::from_utf8_lossy(&stdout),
+        );
     }
 
     // Other paths and methods.
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /nope HTTP/1.1\r\n\r\n").unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
+    let resp = request(addr, b"GET /nope HTTP/1.1\r\n\r\n");
     assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
 }

@@ -6,7 +6,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use serde_json::Value;
 
@@ -145,8 +144,9 @@ pub fn encode(s: &str) -> String {
 
 /// A plain HTTP/1.0 GET over loopback: (status code, body).
 pub fn http_get(addr: SocketAddr, target: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    let mut s = TcpStream::connect_timeout(&addr, ringhold_tests::secs(5)).ok()?;
+    s.set_read_timeout(Some(ringhold_tests::secs(30))).ok()?;
+    s.set_write_timeout(Some(ringhold_tests::secs(30))).ok()?;
     s.write_all(
         format!("GET {target} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
     )
