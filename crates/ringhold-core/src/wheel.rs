@@ -63,32 +63,44 @@ impl TimerWheel {
         (tick % self.buckets.len() as u32) as usize
     }
 
-    /// Schedules slot `idx` (generation `gen`) to be checked at tick `deadline` (at the earliest the
-    /// next tick, at the latest the far end of the wheel).
-    pub fn schedule(&mut self, idx: u32, gen: u32, deadline: u32) {
-        let far = self.now + self.buckets.len() as u32 - 1;
-        let at = deadline.clamp(self.now + 1, far);
-        let b = self.bucket_of(at);
-        self.buckets[b].push((idx, gen));
+    /// The tick an entry for `deadline` goes to when scheduled at tick `now`: at the earliest the next
+    /// tick, at the latest the far end of the wheel.
+    fn place(now: u32, len: usize, deadline: u32) -> u32 {
+        deadline.clamp(now + 1, now + len as u32 - 1)
     }
 
-    /// Moves the wheel to tick `to`, calling `check` for each entry that came due and pushing the
-    /// expired ones to `expired`.
+    /// Schedules slot `idx` (generation `gen`) to be checked at tick `deadline`; returns the tick the
+    /// entry will be checked at (see [`TimerWheel::place`]).
+    pub fn schedule(&mut self, idx: u32, gen: u32, deadline: u32) -> u32 {
+        let at = Self::place(self.now, self.buckets.len(), deadline);
+        let b = self.bucket_of(at);
+        self.buckets[b].push((idx, gen));
+        at
+    }
+
+    /// Moves the wheel to tick `to`, calling `check(idx, gen, tick, place)` for each entry that came
+    /// due at `tick` and pushing the expired ones to `expired`. `place(deadline)` tells `check` which
+    /// tick the entry will move to if it answers `Due(deadline)` with a deadline still ahead.
     pub fn advance(
         &mut self,
         to: u32,
-        mut check: impl FnMut(u32, u32) -> Check,
+        mut check: impl FnMut(u32, u32, u32, &dyn Fn(u32) -> u32) -> Check,
         expired: &mut Vec<(u32, u32)>,
     ) {
+        let len = self.buckets.len();
         while self.now < to {
             self.now += 1;
-            let b = self.bucket_of(self.now);
+            let now = self.now;
+            let place = move |d: u32| Self::place(now, len, d);
+            let b = self.bucket_of(now);
             let mut due = std::mem::take(&mut self.buckets[b]);
             for (idx, gen) in due.drain(..) {
-                match check(idx, gen) {
+                match check(idx, gen, now, &place) {
                     Check::Gone => {}
-                    Check::Due(t) if t <= self.now => expired.push((idx, gen)),
-                    Check::Due(t) => self.schedule(idx, gen, t),
+                    Check::Due(t) if t <= now => expired.push((idx, gen)),
+                    Check::Due(t) => {
+                        self.schedule(idx, gen, t);
+                    }
                 }
             }
             // Give the (now empty) vector back so its capacity is reused, unless it is oversized.
@@ -118,22 +130,22 @@ mod tests {
         let mut w = TimerWheel::new(Duration::from_secs(32), Duration::from_secs(32)); // tick 1 s
         assert_eq!(w.tick(), Duration::from_secs(1));
         let mut due: HashMap<u32, u32> = HashMap::new();
-        w.schedule(1, 7, 32);
+        assert_eq!(w.schedule(1, 7, 32), 32);
         due.insert(1, 32);
         w.schedule(2, 9, 32);
         due.insert(2, 32);
         let mut expired = Vec::new();
-        w.advance(20, |i, _| Check::Due(due[&i]), &mut expired);
+        w.advance(20, |i, _, _, _| Check::Due(due[&i]), &mut expired);
         assert!(expired.is_empty());
         // Connection 2 was active at tick 20: its deadline moves to 52.
         due.insert(2, 52);
-        w.advance(32, |i, _| Check::Due(due[&i]), &mut expired);
+        w.advance(32, |i, _, _, _| Check::Due(due[&i]), &mut expired);
         assert_eq!(expired, vec![(1, 7)]);
         expired.clear();
         assert_eq!(w.len(), 1);
-        w.advance(51, |i, _| Check::Due(due[&i]), &mut expired);
+        w.advance(51, |i, _, _, _| Check::Due(due[&i]), &mut expired);
         assert!(expired.is_empty());
-        w.advance(52, |i, _| Check::Due(due[&i]), &mut expired);
+        w.advance(52, |i, _, _, _| Check::Due(due[&i]), &mut expired);
         assert_eq!(expired, vec![(2, 9)]);
         assert!(w.is_empty());
     }
@@ -143,7 +155,7 @@ mod tests {
         let mut w = TimerWheel::new(Duration::from_millis(320), Duration::from_millis(320));
         w.schedule(3, 1, 5);
         let mut expired = Vec::new();
-        w.advance(100, |_, _| Check::Gone, &mut expired);
+        w.advance(100, |_, _, _, _| Check::Gone, &mut expired);
         assert!(expired.is_empty());
         assert!(w.is_empty());
     }
@@ -152,12 +164,12 @@ mod tests {
     fn deadlines_past_the_span_are_parked_at_the_far_end() {
         // Tick 10 ms, span 1 s: a deadline 5 s out is checked at 1 s and rescheduled until it is due.
         let mut w = TimerWheel::new(Duration::from_millis(100), Duration::from_secs(1));
-        w.schedule(4, 2, 500);
+        assert_eq!(w.schedule(4, 2, 500), 101, "parked at the far end");
         let mut expired = Vec::new();
         let mut checks = 0;
         w.advance(
             499,
-            |_, _| {
+            |_, _, _, _| {
                 checks += 1;
                 Check::Due(500)
             },
@@ -165,7 +177,7 @@ mod tests {
         );
         assert!(expired.is_empty());
         assert!(checks >= 4, "looked at about once per span: {checks}");
-        w.advance(500, |_, _| Check::Due(500), &mut expired);
+        w.advance(500, |_, _, _, _| Check::Due(500), &mut expired);
         assert_eq!(expired, vec![(4, 2)]);
     }
 

@@ -158,6 +158,13 @@ pub struct Machine {
     capacity: u32,
     /// Connections holding at least one buffer or generated slot.
     holders: u32,
+    /// Connections waiting for a buffer (the gauge).
+    waiting: u32,
+    /// Waiters woken in the last pass whose receive has not come yet: the free buffers they will take
+    /// are spoken for.
+    promised: u32,
+    /// The drain deadline passed and every connection was told to close.
+    drain_forced: bool,
     slots: Slots,
     limiters: Vec<Limiter>,
     out: Out,
@@ -245,6 +252,9 @@ impl Machine {
             counters: ShardCounters::default(),
             capacity: lim.buffers.min(INITIAL_BUFFERS) as u32,
             holders: 0,
+            waiting: 0,
+            promised: 0,
+            drain_forced: false,
             lim,
             slots: Slots::new(),
             limiters: Vec::new(),
@@ -322,15 +332,16 @@ impl Machine {
 
     /// When the engine must call [`Machine::tick`] next at the latest (shard milliseconds).
     pub fn next_deadline(&self) -> Option<u64> {
-        let tick_ms = self.wheel.tick().as_millis() as u64;
-        let mut d = (!self.wheel.is_empty()).then(|| (self.wheel.now() as u64 + 1) * tick_ms);
-        for t in [self.throttles.next_due(), self.drain_deadline]
-            .into_iter()
-            .flatten()
-        {
+        // The next tick boundary, rounded up to a whole millisecond (a tick need not be a whole
+        // number of them): calling `tick` then always moves the wheel.
+        let tick_ns = self.wheel.tick().as_nanos();
+        let mut d = (!self.wheel.is_empty())
+            .then(|| ((self.wheel.now() as u128 + 1) * tick_ns).div_ceil(1_000_000) as u64);
+        let drain = self.drain_deadline.filter(|_| !self.drain_forced);
+        for t in [self.throttles.next_due(), drain].into_iter().flatten() {
             d = Some(d.map_or(t, |d| d.min(t)));
         }
-        if !self.waiters.is_empty() && self.free_buffers() > 0 {
+        if !self.waiters.is_empty() && self.free_buffers() > self.promised {
             d = Some(self.now_ms);
         }
         d
@@ -346,7 +357,7 @@ impl Machine {
     pub fn counters(&mut self) -> &ShardCounters {
         self.counters.buffers_total = self.capacity as u64;
         self.counters.buffers_in_use = self.out.buffers_held() as u64;
-        self.counters.waiting_for_buffer = self.waiters.len() as u64;
+        self.counters.waiting_for_buffer = self.waiting as u64;
         &self.counters
     }
 
@@ -388,6 +399,12 @@ impl Machine {
         self.wheel.tick_of(Duration::from_millis(ms))
     }
 
+    /// The wheel tick of the last time an event told (clocks start from it; the wheel itself moves
+    /// only in `tick` and may lag while no deadline asked for one).
+    fn now_tick(&self) -> u32 {
+        self.tick_of(self.now_ms)
+    }
+
     // ------------------------------------------------------------------ events
 
     /// A connection arrived in slot `idx` (its descriptor). `Ok(gen)`: admitted, with the generation
@@ -406,7 +423,7 @@ impl Machine {
             self.counters.reject(r);
             return Err(r);
         }
-        let stamp = self.wheel.now();
+        let stamp = self.now_tick();
         let Some(gen) = self.slots.open(idx, stamp) else {
             // The engine reused a descriptor before its slot was released: a bug, refused loudly.
             shared.release();
@@ -455,7 +472,8 @@ impl Machine {
     ) {
         self.now_ms = now_ms;
         self.counters.bytes_received += n as u64;
-        let tick = self.wheel.now();
+        self.promised = self.promised.saturating_sub(1);
+        let tick = self.now_tick();
         let Some(c) = self.slots.get_mut(idx, gen) else {
             pool.recycle(bid);
             return;
@@ -496,6 +514,8 @@ impl Machine {
         }
         self.check_allowance(idx, gen);
         self.sync(idx, gen);
+        // Output may be pending now: the stall clock may end before the idle one would have.
+        self.reschedule_if_earlier(idx, gen);
     }
 
     /// The peer sent FIN (a receive returned 0).
@@ -535,6 +555,7 @@ impl Machine {
         };
         if !c.has(flag::WAIT_BUFFER) {
             c.set(flag::WAIT_BUFFER);
+            self.waiting += 1;
             self.waiters.push_back(Id { idx, gen });
         }
         self.sync(idx, gen);
@@ -553,7 +574,7 @@ impl Machine {
             return;
         }
         self.counters.bytes_sent += n as u64;
-        let tick = self.wheel.now();
+        let tick = self.now_tick();
         let Some(c) = self.slots.get_mut(idx, gen) else {
             return;
         };
@@ -612,7 +633,7 @@ impl Machine {
         self.now_ms = now_ms;
         self.expire(now_ms);
         while let Some((idx, gen)) = self.throttles.pop_due(now_ms) {
-            let tick = self.wheel.now();
+            let tick = self.now_tick();
             if let Some(c) = self.slots.get_mut(idx, gen) {
                 if c.has(flag::THROTTLED) {
                     c.clear(flag::THROTTLED);
@@ -624,7 +645,8 @@ impl Machine {
         }
         self.wake_waiters();
         if let Some(deadline) = self.drain_deadline {
-            if now_ms >= deadline {
+            if now_ms >= deadline && !self.drain_forced {
+                self.drain_forced = true;
                 for Id { idx, gen } in self.live_ids() {
                     let closed = self
                         .slots
@@ -874,6 +896,7 @@ impl Machine {
     /// close, start or stop receiving.
     fn sync(&mut self, idx: u32, gen: u32) {
         let id = Id { idx, gen };
+        let now = self.now_tick();
         let Some(c) = self.slots.get_mut(idx, gen) else {
             return;
         };
@@ -892,11 +915,22 @@ impl Machine {
             }
             if c.has(flag::FLUSH_CLOSE) && !c.has(flag::LINGER) {
                 c.set(flag::LINGER);
-                c.stamp = self.wheel.now();
+                c.stamp = now;
                 self.counters.lingering_closes += 1;
                 self.actions.push_back(Action::ShutdownWrite(id));
+                self.reschedule_if_earlier(idx, gen);
+                return self.sync_reading(idx, gen);
             }
         }
+        self.sync_reading(idx, gen);
+    }
+
+    /// Starts or stops receiving to match what the connection wants.
+    fn sync_reading(&mut self, idx: u32, gen: u32) {
+        let id = Id { idx, gen };
+        let Some(c) = self.slots.get_mut(idx, gen) else {
+            return;
+        };
         let want = c.wants_read();
         if want != c.has(flag::READING) {
             if want {
@@ -922,6 +956,10 @@ impl Machine {
             c.clear(flag::THROTTLED);
             self.counters.throttled -= 1;
         }
+        if c.has(flag::WAIT_BUFFER) {
+            c.clear(flag::WAIT_BUFFER); // its queue entry is skipped as stale
+            self.waiting -= 1;
+        }
         self.counters.close(reason);
         self.shared.release();
     }
@@ -941,7 +979,7 @@ impl Machine {
             .expect("live")
             .set(flag::FLUSH_CLOSE);
         self.sync(idx, gen);
-        self.schedule(idx, gen);
+        self.reschedule_if_earlier(idx, gen);
     }
 
     /// Closes at once: errors, send timeouts, the end of a linger or of the drain.
@@ -958,17 +996,20 @@ impl Machine {
         self.actions.push_back(Action::Close(Id { idx, gen }));
     }
 
+    /// Wakes as many waiters as there are free buffers not yet spoken for, oldest first.
     fn wake_waiters(&mut self) {
-        let mut free = self.free_buffers();
+        let mut free = self.free_buffers().saturating_sub(self.promised);
+        let tick = self.now_tick();
         while free > 0 {
             let Some(Id { idx, gen }) = self.waiters.pop_front() else {
                 break;
             };
-            let tick = self.wheel.now();
             if let Some(c) = self.slots.get_mut(idx, gen) {
                 if c.has(flag::WAIT_BUFFER) {
                     c.clear(flag::WAIT_BUFFER);
                     c.stamp = tick;
+                    self.waiting -= 1;
+                    self.promised += 1;
                     free -= 1;
                     self.sync(idx, gen);
                 }
@@ -978,12 +1019,26 @@ impl Machine {
 
     // ------------------------------------------------------------------ clocks
 
+    /// Puts the connection's one live entry on the wheel at its deadline.
     fn schedule(&mut self, idx: u32, gen: u32) {
+        let now = self.now_tick();
+        let Some(c) = self.slots.get_mut(idx, gen) else {
+            return;
+        };
+        if let Some(d) = deadline(c, now, self.ticks) {
+            c.due = self.wheel.schedule(idx, gen, d);
+        }
+    }
+
+    /// A clock started that may end before the one the wheel entry is for (stalled before idle,
+    /// lingering before stalled): a new entry supersedes the old one, which is dropped when it comes up.
+    fn reschedule_if_earlier(&mut self, idx: u32, gen: u32) {
+        let now = self.now_tick();
         let Some(c) = self.slots.get(idx, gen) else {
             return;
         };
-        if let Some(d) = deadline(c, self.wheel.now(), self.ticks) {
-            self.wheel.schedule(idx, gen, d);
+        if deadline(c, now, self.ticks).is_some_and(|d| d < c.due) {
+            self.schedule(idx, gen);
         }
     }
 
@@ -993,12 +1048,25 @@ impl Machine {
             return;
         }
         let mut expired = std::mem::take(&mut self.expired);
-        let (slots, ticks) = (&self.slots, self.ticks);
+        let (slots, ticks) = (&mut self.slots, self.ticks);
         self.wheel.advance(
             to,
-            |i, g| match slots.get(i, g).and_then(|c| deadline(c, to, ticks)) {
-                Some(d) => Check::Due(d),
-                None => Check::Gone,
+            |i, g, tick, place| {
+                let Some(c) = slots.get_mut(i, g) else {
+                    return Check::Gone;
+                };
+                if c.due != tick {
+                    return Check::Gone; // superseded by an earlier entry
+                }
+                match deadline(c, tick, ticks) {
+                    None => Check::Gone,
+                    Some(d) => {
+                        // Moved on, or expired: then the connection has no entry until the next
+                        // clock starts (`u32::MAX` is later than any deadline).
+                        c.due = if d > tick { place(d) } else { u32::MAX };
+                        Check::Due(d)
+                    }
+                }
             },
             &mut expired,
         );
