@@ -36,12 +36,14 @@ pub struct LoadArgs {
     #[arg(long, env = "RINGHOLD_CONNECT_RATE", default_value = "0", value_parser = parse_rate)]
     pub connect_rate: f64,
 
-    /// Source addresses to connect from: a range (127.0.0.2-127.0.3.255), one address, or a count K
-    /// (K addresses from 127.0.0.2 on). Each source has its own ephemeral port range (sockets are bound
-    /// with IP_BIND_ADDRESS_NO_PORT), about 28,000 connections per source and target. Default: the
-    /// kernel picks the source.
-    #[arg(long, env = "RINGHOLD_SOURCES", value_parser = parse_sources)]
-    pub sources: Option<Sources>,
+    /// Source addresses to connect from: `auto`, `kernel`, a range (127.0.0.2-127.0.3.255), one
+    /// address, or a count K (K addresses from 127.0.0.2 on). Each source has its own ephemeral port
+    /// range (sockets are bound with IP_BIND_ADDRESS_NO_PORT). `auto` (the default): for a 127.x
+    /// target, one source per ~30 % of net.ipv4.ip_local_port_range (8,469 connections with the
+    /// default 32768-60999), because connect()'s port search slows sharply once half of a source's
+    /// ports are taken; for any other target the kernel picks. `kernel`: never bind a source.
+    #[arg(long, env = "RINGHOLD_SOURCES", default_value = "auto", value_parser = parse_sources)]
+    pub sources: Sources,
 
     /// Heartbeat size (at least 8 bytes: connection id and sequence number, then a checked pattern).
     #[arg(long, env = "RINGHOLD_MESSAGE_SIZE", default_value = "64", value_parser = parse_size)]
@@ -97,23 +99,84 @@ pub enum SetupMode {
     Syscall,
 }
 
-/// A list of IPv4 source addresses.
+/// Where the connections come from (`--sources`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Sources(pub Vec<Ipv4Addr>);
+pub enum Sources {
+    /// Enough 127.x sources for a loopback IPv4 target ([`auto_sources`]); otherwise the kernel
+    /// picks.
+    Auto,
+    /// The kernel picks the source address (sockets are not bound).
+    Kernel,
+    /// These IPv4 addresses, in turn.
+    List(Vec<Ipv4Addr>),
+}
 
 const MAX_SOURCES: u32 = 1 << 16;
 
-/// `127.0.0.2-127.0.3.255`, `127.0.0.9`, or a count `K` (K addresses from 127.0.0.2).
+/// The first address of a count of sources (`--sources K`) and of `auto`.
+const FIRST_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+
+/// The share of a source's ephemeral port range one source may fill, in percent. connect() searches
+/// even ports first (Linux ≥ 5.18 / 6.x `__inet_hash_connect`), so once half of a source's ports are
+/// taken every connect scans the whole even half before it finds a port: measured here, 300,000
+/// connections from 16 sources (66 % full) crawled at 5.7k/s where 64 sources (17 %) made 37.7k/s,
+/// and 50 sources stalled a million-connection ramp at ~710,000 (50 %). 30 % leaves the search short.
+pub const SOURCE_FILL_PERCENT: u32 = 30;
+
+/// Default net.ipv4.ip_local_port_range (32768-60999) when it cannot be read.
+pub const DEFAULT_PORT_SPAN: u32 = 60_999 - 32_768 + 1;
+
+/// Connections one source address should carry to one target so that connect() stays fast, for a
+/// port range of `port_span` ports (8,469 for the default range, 19,353 for 1024-65535).
+pub fn connections_per_source(port_span: u32) -> u32 {
+    (u64::from(port_span) * u64::from(SOURCE_FILL_PERCENT) / 100).max(1) as u32
+}
+
+/// Source addresses `connections` connections spread over `targets` server addresses need so that no
+/// (source, target) pair's port range is more than [`SOURCE_FILL_PERCENT`] used (at least 1).
+/// `ringhold load --sources auto` and `ringhold doctor` both use this.
+pub fn sources_needed(connections: u64, targets: u64, port_span: u32) -> u64 {
+    let per = u64::from(connections_per_source(port_span)) * targets.max(1);
+    connections.div_ceil(per).max(1)
+}
+
+/// What `--sources auto` picks: for a 127.x target, [`sources_needed`] addresses from 127.0.0.2 on
+/// (empty when one source will do, so the kernel picks as without `--sources`); for any other
+/// target none (the kernel picks: the host's other addresses are not ours to guess).
+pub fn auto_sources(target: &SocketAddr, connections: u32, port_span: u32) -> Vec<Ipv4Addr> {
+    let SocketAddr::V4(t) = target else {
+        return Vec::new();
+    };
+    if !t.ip().is_loopback() {
+        return Vec::new();
+    }
+    let k = sources_needed(u64::from(connections), 1, port_span).min(u64::from(MAX_SOURCES)) as u32;
+    if k <= 1 {
+        return Vec::new();
+    }
+    let first = u32::from(FIRST_SOURCE);
+    (first..first + k).map(Ipv4Addr::from).collect()
+}
+
+/// `auto`, `kernel`, `127.0.0.2-127.0.3.255`, `127.0.0.9`, or a count `K` (K addresses from
+/// 127.0.0.2).
 pub fn parse_sources(s: &str) -> Result<Sources, String> {
     let t = s.trim();
+    match t.to_ascii_lowercase().as_str() {
+        "auto" => return Ok(Sources::Auto),
+        "kernel" => return Ok(Sources::Kernel),
+        _ => {}
+    }
     if let Ok(k) = t.parse::<u32>() {
         if k == 0 || k > MAX_SOURCES {
             return Err(format!(
                 "'{s}': the count of sources must be 1..={MAX_SOURCES}"
             ));
         }
-        let first = u32::from(Ipv4Addr::new(127, 0, 0, 2));
-        return Ok(Sources((first..first + k).map(Ipv4Addr::from).collect()));
+        let first = u32::from(FIRST_SOURCE);
+        return Ok(Sources::List(
+            (first..first + k).map(Ipv4Addr::from).collect(),
+        ));
     }
     let (a, b) = match t.split_once('-') {
         Some((a, b)) => (a.trim(), b.trim()),
@@ -121,7 +184,7 @@ pub fn parse_sources(s: &str) -> Result<Sources, String> {
     };
     let parse = |x: &str| {
         x.parse::<Ipv4Addr>()
-            .map_err(|_| format!("'{s}' is not a source range (expected e.g. 127.0.0.2-127.0.3.255, 127.0.0.5 or a count)"))
+            .map_err(|_| format!("'{s}' is not a source range (expected auto, kernel, e.g. 127.0.0.2-127.0.3.255, 127.0.0.5 or a count)"))
     };
     let (a, b) = (u32::from(parse(a)?), u32::from(parse(b)?));
     if b < a {
@@ -130,7 +193,7 @@ pub fn parse_sources(s: &str) -> Result<Sources, String> {
     if b - a >= MAX_SOURCES {
         return Err(format!("'{s}': at most {MAX_SOURCES} sources"));
     }
-    Ok(Sources((a..=b).map(Ipv4Addr::from).collect()))
+    Ok(Sources::List((a..=b).map(Ipv4Addr::from).collect()))
 }
 
 /// `5000`, `5000/s` or `2.5` (per second).
@@ -150,7 +213,10 @@ pub fn parse_rate(s: &str) -> Result<f64, String> {
 pub struct Plan {
     pub target: SocketAddr,
     pub connections: u32,
+    /// Source addresses, in turn (empty: the kernel picks).
     pub sources: Vec<Ipv4Addr>,
+    /// The sources were chosen by `--sources auto` (not given, not `kernel`).
+    pub sources_auto: bool,
     pub message_size: usize,
     /// Heartbeat period per connection (None: hold idle).
     pub period: Option<Duration>,
@@ -177,8 +243,15 @@ pub fn local_port_span() -> Option<u32> {
 }
 
 impl Plan {
-    /// `table_max` is the most slots one ring's fixed-file table may have (RLIMIT_NOFILE soft limit).
-    pub fn new(a: &LoadArgs, table_max: u32, cpus: u32) -> Result<Plan, String> {
+    /// `table_max` is the most slots one ring's fixed-file table may have (RLIMIT_NOFILE soft limit);
+    /// `port_span` the ephemeral ports per source ([`local_port_span`]; None: unknown, the default
+    /// range is assumed).
+    pub fn new(
+        a: &LoadArgs,
+        table_max: u32,
+        cpus: u32,
+        port_span: Option<u32>,
+    ) -> Result<Plan, String> {
         let target = a
             .target
             .to_socket_addrs()
@@ -188,7 +261,12 @@ impl Plan {
         if a.connections == 0 {
             return Err("--connections must be at least 1".into());
         }
-        let sources = a.sources.clone().map(|s| s.0).unwrap_or_default();
+        let span = port_span.unwrap_or(DEFAULT_PORT_SPAN).max(1);
+        let (sources, sources_auto) = match &a.sources {
+            Sources::Auto => (auto_sources(&target, a.connections, span), true),
+            Sources::Kernel => (Vec::new(), false),
+            Sources::List(v) => (v.clone(), false),
+        };
         if !sources.is_empty() && target.is_ipv6() {
             return Err("--sources are IPv4 addresses but --target is IPv6".into());
         }
@@ -232,21 +310,42 @@ impl Plan {
             ));
         }
         let slots_per_ring = a.connections.div_ceil(workers);
-        if let Some(span) = local_port_span() {
-            let n_src = sources.len().max(1) as u64;
-            if u64::from(a.connections) > n_src * u64::from(span) {
-                notes.push(format!(
-                    "{} connections from {n_src} source address(es) need more than the {span} ephemeral ports \
-                     per source: expect 'no address' failures; use --sources {}",
-                    a.connections,
-                    u64::from(a.connections).div_ceil(u64::from(span) * 9 / 10)
-                ));
-            }
+        let n = u64::from(a.connections);
+        let n_src = sources.len().max(1) as u64;
+        let per_source = u64::from(connections_per_source(span));
+        let want = sources_needed(n, 1, span);
+        if sources_auto && sources.len() > 1 {
+            notes.push(format!(
+                "connecting from {} source addresses {}-{} (--sources auto: at most {per_source} connections \
+                 per source, {SOURCE_FILL_PERCENT} % of the {span} ephemeral ports, keeps connect() fast; \
+                 --sources kernel or an explicit list overrides)",
+                sources.len(),
+                sources[0],
+                sources[sources.len() - 1],
+            ));
+        } else if n > n_src * u64::from(span) {
+            notes.push(format!(
+                "{n} connections from {n_src} source address(es) need more than the {span} ephemeral ports \
+                 per source: expect 'no address' failures; use --sources {want} (or more)"
+            ));
+        } else if n > n_src * per_source {
+            let how = if target.is_ipv6() {
+                "an IPv6 target has one loopback source; use an IPv4 target with --sources".to_string()
+            } else if sources.is_empty() && !target.ip().is_loopback() {
+                format!("give the client host's addresses with --sources (ringhold doctor --connections {n} says how many)")
+            } else {
+                format!("use --sources {want} (or more)")
+            };
+            notes.push(format!(
+                "{n} connections from {n_src} source address(es) fill more than {SOURCE_FILL_PERCENT} % of a source's \
+                 {span} ephemeral ports: connect() slows down sharply once half of them are taken; {how}"
+            ));
         }
         Ok(Plan {
             target,
             connections: a.connections,
             sources,
+            sources_auto,
             message_size,
             period,
             rate: a.rate,
@@ -282,19 +381,25 @@ impl Plan {
 mod tests {
     use super::*;
 
+    fn list(s: &str) -> Vec<Ipv4Addr> {
+        match parse_sources(s).unwrap() {
+            Sources::List(v) => v,
+            other => panic!("{s}: {other:?}"),
+        }
+    }
+
     #[test]
     fn sources() {
-        let s = parse_sources("4").unwrap().0;
+        let s = list("4");
         assert_eq!(s.len(), 4);
         assert_eq!(s[0], Ipv4Addr::new(127, 0, 0, 2));
         assert_eq!(s[3], Ipv4Addr::new(127, 0, 0, 5));
-        let s = parse_sources("127.0.0.2-127.0.3.255").unwrap().0;
+        let s = list("127.0.0.2-127.0.3.255");
         assert_eq!(s.len(), 254 + 3 * 256);
         assert_eq!(s.last(), Some(&Ipv4Addr::new(127, 0, 3, 255)));
-        assert_eq!(
-            parse_sources("127.0.0.9").unwrap().0,
-            vec![Ipv4Addr::new(127, 0, 0, 9)]
-        );
+        assert_eq!(list("127.0.0.9"), vec![Ipv4Addr::new(127, 0, 0, 9)]);
+        assert_eq!(parse_sources("auto"), Ok(Sources::Auto));
+        assert_eq!(parse_sources(" Kernel "), Ok(Sources::Kernel));
         assert!(parse_sources("0").is_err());
         assert!(parse_sources("127.0.0.9-127.0.0.2").is_err());
         assert!(parse_sources("localhost").is_err());
@@ -308,25 +413,114 @@ mod tests {
         assert!(parse_rate("fast").is_err());
     }
 
-    fn args(connections: u32, workers: u32) -> LoadArgs {
+    fn parse(extra: &[&str]) -> LoadArgs {
         use clap::Parser;
         #[derive(clap::Parser)]
         struct T {
             #[command(flatten)]
             a: LoadArgs,
         }
+        T::parse_from(["t"].iter().chain(extra)).a
+    }
+
+    fn args(connections: u32, workers: u32) -> LoadArgs {
         let c = connections.to_string();
         let w = workers.to_string();
-        T::parse_from(["t", "--connections", &c, "--workers", &w]).a
+        parse(&["--connections", &c, "--workers", &w])
+    }
+
+    /// The plan for `connections` to `target` with the default port range (28,232 ports).
+    fn plan_for(target: &str, connections: u32, extra: &[&str]) -> Plan {
+        let c = connections.to_string();
+        let mut a = vec!["--target", target, "--connections", &c];
+        a.extend_from_slice(extra);
+        Plan::new(&parse(&a), 20_000, 2, Some(DEFAULT_PORT_SPAN)).unwrap()
+    }
+
+    #[test]
+    fn per_source_budget_follows_the_port_range() {
+        assert_eq!(DEFAULT_PORT_SPAN, 28_232);
+        assert_eq!(connections_per_source(DEFAULT_PORT_SPAN), 8_469);
+        // 1024-65535: about 20k connections per source.
+        assert_eq!(connections_per_source(65_535 - 1_024 + 1), 19_353);
+        assert_eq!(connections_per_source(0), 1);
+        assert_eq!(sources_needed(1, 1, DEFAULT_PORT_SPAN), 1);
+        assert_eq!(sources_needed(8_469, 1, DEFAULT_PORT_SPAN), 1);
+        assert_eq!(sources_needed(8_470, 1, DEFAULT_PORT_SPAN), 2);
+        assert_eq!(sources_needed(1_000_000, 1, DEFAULT_PORT_SPAN), 119);
+        // Each (source, target) pair has its own ports: more targets, fewer sources.
+        assert_eq!(sources_needed(1_000_000, 4, DEFAULT_PORT_SPAN), 30);
+        assert_eq!(sources_needed(1_000_000, 0, DEFAULT_PORT_SPAN), 119);
+    }
+
+    #[test]
+    fn auto_sources_keep_every_source_under_its_budget_on_loopback() {
+        // The issue-14 cases: 300k flat out crawled from 16 sources; 1M from 50 stalled.
+        for n in [300_000u32, 1_000_000] {
+            let p = plan_for("127.0.0.1:7000", n, &[]);
+            assert!(p.sources_auto);
+            let k = p.sources.len() as u64;
+            assert_eq!(k, sources_needed(u64::from(n), 1, DEFAULT_PORT_SPAN));
+            assert!(k > 50, "{n}: {k} sources");
+            // Connections go round-robin over the sources: the fullest one carries ⌈n / k⌉.
+            let mut per = vec![0u64; p.sources.len()];
+            for w in 0..p.workers {
+                for i in 0..p.quota(w) {
+                    per[p.source_index(w, i).unwrap()] += 1;
+                }
+            }
+            let max = per.iter().copied().max().unwrap();
+            assert!(max <= u64::from(connections_per_source(DEFAULT_PORT_SPAN)), "{max}");
+            assert_eq!(per.iter().sum::<u64>(), u64::from(n));
+            // Distinct 127.x addresses from 127.0.0.2 on.
+            assert_eq!(p.sources[0], Ipv4Addr::new(127, 0, 0, 2));
+            let mut uniq = p.sources.clone();
+            uniq.dedup();
+            assert_eq!(uniq.len(), p.sources.len());
+            assert!(p.sources.iter().all(|a| a.is_loopback()));
+            assert!(p.notes.iter().any(|n| n.contains("--sources auto")), "{:?}", p.notes);
+        }
+        // Any 127.x target counts as loopback.
+        assert_eq!(plan_for("127.0.3.9:7000", 100_000, &[]).sources.len(), 12);
+    }
+
+    #[test]
+    fn auto_sources_leave_small_runs_and_other_targets_to_the_kernel() {
+        let p = plan_for("127.0.0.1:7000", 8_000, &[]);
+        assert!(p.sources.is_empty() && p.notes.is_empty(), "{:?}", p.notes);
+        // Not loopback: the kernel picks, and a large run is told what it needs.
+        let p = plan_for("192.0.2.1:7000", 100_000, &[]);
+        assert!(p.sources.is_empty());
+        assert!(p.notes.iter().any(|n| n.contains("ringhold doctor")), "{:?}", p.notes);
+        let p = plan_for("[::1]:7000", 100_000, &[]);
+        assert!(p.sources.is_empty());
+        assert!(p.notes.iter().any(|n| n.contains("IPv6")), "{:?}", p.notes);
+    }
+
+    #[test]
+    fn explicit_sources_override_auto() {
+        let p = plan_for("127.0.0.1:7000", 300_000, &["--sources", "kernel"]);
+        assert!(p.sources.is_empty() && !p.sources_auto);
+        assert!(p.notes.iter().any(|n| n.contains("--sources 36")), "{:?}", p.notes);
+        let p = plan_for("127.0.0.1:7000", 300_000, &["--sources", "16"]);
+        assert_eq!((p.sources.len(), p.sources_auto), (16, false));
+        assert!(p.notes.iter().any(|n| n.contains("slows down")), "{:?}", p.notes);
+        let p = plan_for("127.0.0.1:7000", 300_000, &["--sources", "127.0.9.1-127.0.9.40"]);
+        assert_eq!(p.sources.len(), 40);
+        assert_eq!(p.sources[0], Ipv4Addr::new(127, 0, 9, 1));
+        assert!(p.notes.is_empty(), "{:?}", p.notes);
+        // Not enough ports at all.
+        let p = plan_for("127.0.0.1:7000", 100_000, &["--sources", "2"]);
+        assert!(p.notes.iter().any(|n| n.contains("'no address'")), "{:?}", p.notes);
     }
 
     #[test]
     fn workers_grow_with_the_table_limit_and_quotas_add_up() {
-        let p = Plan::new(&args(1_000_000, 2), 20_000, 2).unwrap();
+        let p = Plan::new(&args(1_000_000, 2), 20_000, 2, None).unwrap();
         assert_eq!(p.workers, 50);
         assert!(p.slots_per_ring <= 20_000);
         assert_eq!((0..p.workers).map(|w| p.quota(w)).sum::<u32>(), 1_000_000);
-        let p = Plan::new(&args(1001, 4), 20_000, 2).unwrap();
+        let p = Plan::new(&args(1001, 4), 20_000, 2, None).unwrap();
         assert_eq!(p.workers, 4);
         assert_eq!((0..4).map(|w| p.quota(w)).sum::<u32>(), 1001);
         assert!((0..4).all(|w| p.quota(w) <= p.slots_per_ring));
