@@ -427,7 +427,10 @@ mod tests {
             ..Host::default()
         };
         let s = load_sources(&h, 1_000_000, 1);
-        assert_eq!((s.needed, s.connections_per_source, s.port_span), (119, 8_469, 28_232));
+        assert_eq!(
+            (s.needed, s.connections_per_source, s.port_span),
+            (119, 8_469, 28_232)
+        );
         assert!(s.text.contains("needs 119 source addresses"), "{}", s.text);
         assert_eq!(load_sources(&h, 1_000_000, 4).needed, 30);
         assert_eq!(load_sources(&h, 5_000, 1).needed, 1);
