@@ -996,7 +996,8 @@ def hold_markdown(title: str, meta: dict, r: dict, extra: list[str] | None = Non
         f"| time to establish (until the server accepted them all) | {est_s} |",
         f"| establish rate | {est_rate} |",
         f"| time to establish, client's clock | {est_c} |",
-        f"| held for (measured: end of ramp to final count; --duration {r.get('hold_seconds_requested', r['hold_seconds']):g} s) "
+        f"| held for (measured: end of ramp to final count; hold asked for {r.get('hold_seconds_requested', r['hold_seconds']):g} s "
+        f"after a settle) "
         f"| {r['hold_seconds']:g} s |",
         f"| held at the end | {r['held_at_end']:,} |",
         f"| connections lost while held | {r['lost']:,} (client saw {r['client_lost']:,}) |",

@@ -35,6 +35,7 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #define NAME "peer-c-epoll"
@@ -77,12 +78,19 @@ static int make_listener(void) {
 
 struct worker {
     int lfd, ep;
-    int accept_backoff; /* accept failed (EMFILE, ...): retry after 100 ms */
+    int accept_backoff; /* accept failed (EMFILE, ...): retry 100 ms later */
+    int64_t retry_at_ms;
     int warned;
     char buf[BUF_SIZE];
 };
 
 static void close_conn(int fd) { close(fd); /* close removes it from the epoll set */ }
+
+static int64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 /* Writes buf[0..n) to fd; on a short write keeps the rest and waits for EPOLLOUT.
  * Returns 1 if everything was written, 0 if the rest is pending, -1 if the connection was closed. */
@@ -168,6 +176,7 @@ static void on_accept(struct worker *w) {
                 w->warned = 1;
             }
             w->accept_backoff = 1;
+            w->retry_at_ms = now_ms() + 100;
             return;
         }
         int one = 1;
@@ -185,12 +194,18 @@ static void *serve(void *arg) {
     if (epoll_ctl(w->ep, EPOLL_CTL_ADD, w->lfd, &ev) < 0) die("epoll_ctl listener");
     struct epoll_event evs[MAX_EVENTS];
     for (;;) {
-        int n = epoll_wait(w->ep, evs, MAX_EVENTS, w->accept_backoff ? 100 : -1);
+        int timeout = -1;
+        if (w->accept_backoff) {
+            int64_t left = w->retry_at_ms - now_ms();
+            timeout = left > 0 ? (int)left : 0;
+        }
+        int n = epoll_wait(w->ep, evs, MAX_EVENTS, timeout);
         if (n < 0) {
             if (errno == EINTR) continue;
             die("epoll_wait");
         }
-        if (n == 0 && w->accept_backoff) on_accept(w);
+        /* With an edge-triggered listener, the connections left in the queue raise no new event. */
+        if (w->accept_backoff && now_ms() >= w->retry_at_ms) on_accept(w);
         for (int i = 0; i < n; i++) {
             uint64_t u = evs[i].data.u64;
             if (IS_FD(u) && FD_OF(u) == w->lfd)
