@@ -14,6 +14,7 @@ mod pattern;
 mod plan;
 mod report;
 mod setup;
+mod sources;
 mod stats;
 mod worker;
 
@@ -23,9 +24,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-pub use plan::{
-    connections_per_source, local_port_span, sources_needed, LoadArgs, SetupMode, Sources,
-    DEFAULT_PORT_SPAN, SOURCE_FILL_PERCENT,
+pub use plan::{LoadArgs, SetupMode};
+pub use sources::{
+    connections_per_source, local_port_span, sources_needed, Sources, DEFAULT_PORT_SPAN,
+    SOURCE_FILL_PERCENT,
 };
 
 use plan::Plan;
@@ -87,7 +89,12 @@ fn run_inner(args: &LoadArgs) -> Result<bool, String> {
     let soft = raise_nofile();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let table_max = u32::try_from(soft).unwrap_or(u32::MAX);
-    let plan = Arc::new(Plan::new(args, table_max, cpus, plan::local_port_span())?);
+    let plan = Arc::new(Plan::new(
+        args,
+        table_max,
+        cpus,
+        sources::local_port_span(),
+    )?);
     let setup_name = match plan.setup {
         SetupMode::Ring => "ring",
         SetupMode::Syscall => "syscall",
