@@ -17,6 +17,7 @@ import re
 import shlex
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -294,6 +295,52 @@ def accept_queue(port: int) -> int:
     return total
 
 
+_NETLINK_SOCK_DIAG = 4
+_SOCK_DIAG_BY_FAMILY = 20
+_TCP_LISTEN = 10
+
+
+def _listen_queue_diag(port: int) -> int | None:
+    """Σ accept-queue length of the TCP listeners on `port` (IPv4 and IPv6), read with one sock_diag
+    dump of listening sockets only: ~0.1 ms, so it can be polled every few ms while `ss` (a process,
+    and a walk of every socket for established ones) cannot. None if sock_diag is unavailable."""
+    total = 0
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as s:
+            for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), 1):
+                # nlmsghdr + inet_diag_req_v2 {family, protocol, ext, pad, states, sockid (48 B)}
+                req = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, 1 << _TCP_LISTEN) + bytes(48)
+                s.send(struct.pack("=IHHII", 16 + len(req), _SOCK_DIAG_BY_FAMILY, 0x1 | 0x300, seq, 0) + req)
+                done = False
+                while not done:
+                    data = s.recv(1 << 16)
+                    off = 0
+                    while off + 16 <= len(data):
+                        length, kind = struct.unpack_from("=IH", data, off)
+                        if kind == 3:  # NLMSG_DONE
+                            done = True
+                            break
+                        if kind == 2 or length < 16:  # NLMSG_ERROR
+                            return None
+                        # inet_diag_msg: family, state, timer, retrans, sockid{sport (be16), …} (48 B),
+                        # expires, rqueue (= accept queue length for a listener), wqueue, uid, inode
+                        m = off + 16
+                        if struct.unpack_from("!H", data, m + 4)[0] == port:
+                            total += struct.unpack_from("=I", data, m + 56)[0]
+                        off += (length + 3) & ~3
+                    if not data:
+                        return None
+    except OSError:
+        return None
+    return total
+
+
+def listen_queue(port: int) -> int:
+    """Connections waiting in the accept queues of the listeners on `port` (sock_diag, else ss)."""
+    q = _listen_queue_diag(port)
+    return accept_queue(port) if q is None else q
+
+
 def lingering(ports: list[int]) -> int:
     """Sockets to or from 127.0.0.1:<port> for any of `ports` that are neither listening nor
     established (TIME_WAIT, FIN_WAIT, CLOSE_WAIT, orphans): what an earlier measurement left behind.
@@ -448,6 +495,24 @@ def cargo_build(manifest_dir: Path, packages: list[str], jobs: int = 2) -> None:
         raise BenchError("build failed:\n" + "\n".join(tail))
 
 
+C_PEER_SRC = PEERS_DIR / "peer-c-epoll" / "echo.c"
+C_PEER_CMD = ["gcc", "-O2", "-g", "-Wall", "-Wextra", "-pthread"]
+
+
+def build_c_peer() -> Path:
+    """Builds bench/peers/peer-c-epoll (plain C, gcc) into PEERS_BIN unless it is up to date."""
+    out = PEERS_BIN / "peer-c-epoll"
+    if out.exists() and out.stat().st_mtime >= C_PEER_SRC.stat().st_mtime:
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    argv = C_PEER_CMD + ["-o", str(out), str(C_PEER_SRC)]
+    log(f"building: {' '.join(argv)}")
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        raise BenchError("gcc failed:\n" + r.stderr.strip()[-2000:])
+    return out
+
+
 def build_ringhold() -> None:
     """Release build of the workspace's ringhold, unless $RINGHOLD_BIN names another binary."""
     if os.environ.get("RINGHOLD_BIN"):
@@ -458,6 +523,27 @@ def build_ringhold() -> None:
 
 # ---------------------------------------------------------------------------------------------------
 # Servers
+
+
+def server_argv(name: str, threads: int, n: int = 0, fixed_files: int = 16_000) -> list:
+    """The command line of bench server `name` (ringhold-uring, ringhold-epoll or a bench/peers binary)
+    with `threads` threads/shards, every one run the same way: unpinned, on 127.0.0.1:0. ringhold
+    --engine uring gets enough shards that its fixed-file tables hold `n` connections."""
+    if name.startswith("ringhold-"):
+        engine = name.split("-", 1)[1]
+        shards = threads
+        # --no-pin: the peers run unpinned, and on a small host the load client shares the server's
+        # cores; a shard pinned to the client's core then competes with it (measured on 2 cores: 81-86k
+        # msg/s pinned vs 129k unpinned). Pinning pays on a dedicated server, not in this comparison.
+        argv = [RINGHOLD_BIN, "serve", "--engine", engine, "--listen", "127.0.0.1:0",
+                "--metrics-listen", "off", "--idle-timeout", "0", "--no-pin"]
+        if engine == "uring":
+            shards = max(threads, -(-n * 115 // (100 * fixed_files)))
+            argv += ["--fixed-files", str(fixed_files)]
+        return argv + ["--shards", str(shards)]
+    if name == "peer-c-epoll-short-read":  # bench/syscalls: the C peer without the read that sees EAGAIN
+        return [PEERS_BIN / "peer-c-epoll", "--listen", "127.0.0.1:0", "--threads", str(threads), "--short-read"]
+    return [PEERS_BIN / name, "--listen", "127.0.0.1:0", "--threads", str(threads)]
 
 
 class Server:
@@ -500,6 +586,27 @@ class Server:
 
 # ---------------------------------------------------------------------------------------------------
 # Load clients
+
+
+# The rule `ringhold load --sources auto` follows (crates/ringhold-load/src/plan.rs): at most 30 % of a
+# source's ephemeral port range per source, because connect()'s port search slows sharply once half of
+# a source's ports (the even ones, searched first) are taken.
+SOURCE_FILL = 0.30
+
+
+def port_span() -> int:
+    """Ephemeral ports per source address: net.ipv4.ip_local_port_range (default 32768-60999)."""
+    try:
+        lo, hi = (int(x) for x in (sysctl_get("net.ipv4.ip_local_port_range") or "").split())
+        return hi - lo + 1
+    except ValueError:
+        return 60999 - 32768 + 1
+
+
+def sources_needed(connections: int) -> int:
+    """Source addresses for `connections` to one target so that no source is more than 30 % used."""
+    per = max(1, int(port_span() * SOURCE_FILL))
+    return max(1, -(-connections // per))
 
 
 def sources_range(count: int, base: str = "127.0.1.1") -> tuple[str, str]:
@@ -614,7 +721,9 @@ def normalize_load_json(r: dict) -> dict:
 class Client:
     """Builds client command lines. `kind` is `bench-client` or `ringhold-load`."""
 
-    def __init__(self, kind: str, raw_dir: Path, sources: int = 64, source_base: str = "127.0.1.1") -> None:
+    def __init__(self, kind: str, raw_dir: Path, sources: int | None = 64, source_base: str = "127.0.1.1") -> None:
+        """`sources`: client source addresses from `source_base` on; None = as many as the connections
+        need (`ringhold load` then chooses them itself: --sources auto)."""
         self.kind = kind
         self.raw_dir = raw_dir
         self.sources = sources
@@ -638,16 +747,19 @@ class Client:
 
     def _argv(self, target: str, n: int, mode: str, duration: float, message_size: int,
               heartbeat: float, connect_rate: float, threads: int, json_path: Path) -> list[str]:
-        first, last = sources_range(self.sources, self.source_base)
+        count = self.sources if self.sources is not None else sources_needed(n)
+        first, last = sources_range(count, self.source_base)
         if self.kind == "ringhold-load":
             if mode == "pingpong":
                 raise BenchError("ringhold load has no closed-loop ping-pong mode; use bench-client")
+            # No --sources: `ringhold load` then chooses enough 127.x sources itself (--sources auto).
+            src = ["--sources", f"{first}-{last}"] if self.sources is not None else []
             return [str(RINGHOLD_BIN), "load", "--target", target, "--connections", str(n),
-                    "--sources", f"{first}-{last}", "--connect-rate", f"{connect_rate:g}",
+                    *src, "--connect-rate", f"{connect_rate:g}",
                     "--message-size", str(message_size), "--interval", f"{round(heartbeat * 1000)}ms",
                     "--duration", f"{round(duration * 1000)}ms", "--json", str(json_path)]
         return [str(PEERS_BIN / "bench-client"), "--target", target, "--connections", str(n),
-                "--mode", mode, "--sources", str(self.sources), "--source-base", self.source_base,
+                "--mode", mode, "--sources", str(count), "--source-base", self.source_base,
                 "--connect-rate", f"{connect_rate:g}", "--message-size", str(message_size),
                 "--duration", f"{duration:g}", "--heartbeat", f"{heartbeat:g}", "--threads", str(threads)]
 
@@ -675,34 +787,54 @@ class Client:
 
 def wait_established(run: ClientRun, port: int, want: int, timeout: float, inuse0: int,
                      stall: float = 30.0, log_every: float = 0.0, server: "Server | None" = None) -> dict:
-    """Waits until `want` connections to `port` are established and accepted.
+    """Waits until the server has accepted the connections to `port`, and times it AT THE SERVER.
 
-    Done when every client process printed its `established N in S s` line (bench-client), or, for a
-    client without such a line, when the machine's TCP sockets in use (`inuse0` before the clients
-    started; both ends count) show `want` more connections and `ss` confirms them server-side. Then
-    waits for the listeners' accept queues to drain, i.e. the server has accepted them. Gives up after
-    `timeout`, when the count has not grown for `stall` seconds, or when all clients exited.
-    (`ss` walks every socket on the machine: it is called rarely, not in the polling loop.)"""
-    t0 = time.monotonic()
-    deadline = t0 + timeout
-    last_n, last_change, last_log, last_ss = -1, t0, t0, 0.0
+    `seconds` runs from the start of the clients (`run.started`, just before they are spawned) to the
+    moment the server has accepted every connection: all of them established server-side (ss) and the
+    listeners' accept queues empty, i.e. the server's accept calls took them all. The clients' own
+    "connect() returned" time is `client_seconds`; it is shorter whenever the server accepts more slowly
+    than the kernel completes handshakes (the connections then wait in the accept queue).
+
+    How: poll the cheap signals first — the clients' reports (bench-client's `established N in S s`
+    line), the machine's TCP sockets in use (both ends; a server-side socket exists once its handshake
+    completed) — until the clients are done; then poll the accept queue with sock_diag every ~2 ms
+    until it is empty; then confirm with `ss` (which walks every socket, so is called rarely). The
+    largest accept queue seen on the way is `accept_queue_max`. Gives up after `timeout`, when the
+    count has not grown for `stall` seconds, or when all clients (or the server) exited."""
+    t0 = run.started
+    deadline = time.monotonic() + timeout
+    last_n, last_change, last_log, last_ss, last_q = -1, time.monotonic(), time.monotonic(), 0.0, 0.0
     seconds = None
+    client_seconds = None
+    target = want
+    qmax = 0
+    est = 0
     while True:
         now = time.monotonic()
+        if now - last_q >= 0.05:  # the accept queue's depth during the ramp (cheap)
+            last_q = now
+            qmax = max(qmax, listen_queue(port))
         if run.kind == "bench-client":
             reports = run.established_reports()
-            if len(reports) == len(run.procs):
-                seconds = max(r[1] for r in reports)
-                break
             n = sum(r[0] for r in reports)
+            done = len(reports) == len(run.procs)
+            if done:
+                target = min(want, n)
+                client_seconds = max(r[1] for r in reports)
         else:
-            # Cheap estimates first (sockets in use, the client's progress lines); ss to confirm.
             n = max(run.connected(), (tcp_inuse() - inuse0) // 2)
-            if n >= want * 0.98 and now - last_ss >= 1.0:
-                last_ss = now
-                if established_to(port) >= want:
-                    seconds = now - run.started
-                    break
+            done = n >= want
+        if done:
+            q = listen_queue(port)
+            qmax = max(qmax, q)
+            if q == 0:
+                t_q = time.monotonic()
+                if now - last_ss >= 0.5:
+                    last_ss = time.monotonic()
+                    est = established_to(port)
+                    if est >= target:
+                        seconds = t_q - t0
+                        break
         if n != last_n:
             last_n, last_change = n, now
         if log_every and now - last_log >= log_every:
@@ -712,13 +844,16 @@ def wait_established(run: ClientRun, port: int, want: int, timeout: float, inuse
             break
         if server is not None and not server.alive():
             break
-        time.sleep(0.05)
+        time.sleep(0.002 if done else 0.01)
     q_deadline = time.monotonic() + 60
-    queued = accept_queue(port)
+    queued = listen_queue(port)
     while queued and time.monotonic() < q_deadline:
         time.sleep(0.2)
-        queued = accept_queue(port)
-    return {"established": established_to(port), "seconds": seconds, "accept_queue_left": queued}
+        queued = listen_queue(port)
+    if seconds is None:
+        est = established_to(port)
+    return {"established": est, "seconds": seconds, "client_seconds": client_seconds,
+            "accept_queue_left": queued, "accept_queue_max": qmax}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -750,9 +885,11 @@ def hold_experiment(server_name: str, server_argv: list, connections: int, clien
                            heartbeat=heartbeat, connect_rate=connect_rate, tag="client")
 
         est = wait_established(run, srv.port, connections, establish_timeout, inuse0, log_every=5, server=srv)
+        t_established = time.monotonic()
         seconds, established = est["seconds"], est["established"]
         cpu_est = srv.cpu()
-        log(f"established {established} of {connections} in {seconds if seconds is None else round(seconds, 2)} s")
+        log(f"established {established} of {connections} in {seconds if seconds is None else round(seconds, 2)} s "
+            f"(accepted by the server; largest accept queue {est['accept_queue_max']})")
         time.sleep(settle)
         if not srv.alive():
             raise BenchError(f"{server_name} exited: {srv.out.tail(3)}")
@@ -776,15 +913,16 @@ def hold_experiment(server_name: str, server_argv: list, connections: int, clien
                 break
             time.sleep(min(1.0, max(0.05, next_sample - now)))
         held_end = established_to(srv.port) if srv.alive() else 0
+        # How long the connections were really held: from the end of the ramp to the count above (the
+        # loop ends early when the server or a client exits).
+        held_seconds = time.monotonic() - t_established
+        hold_loop_seconds = time.monotonic() - hold_start
         rss2 = srv.rss() if srv.alive() else None
         cpu2 = srv.cpu() if srv.alive() else None
         server_alive = srv.alive()
         clients = run.stop(grace=60)
     finally:
         srv.stop()
-    driver_seconds = seconds
-    if run.establish_seconds() is not None:
-        seconds = run.establish_seconds()
     slab_total, slab_top = slab_delta(slab0, slab1, top=12)
     per = max(established, 1)
     ok = [c for c in clients if isinstance(c, dict) and "error" not in c]
@@ -798,9 +936,12 @@ def hold_experiment(server_name: str, server_argv: list, connections: int, clien
         "server_argv": [str(a) for a in server_argv],
         "requested": connections,
         "established": established,
+        # Timed at the server (wait_established): until every connection was accepted.
         "establish_seconds": seconds,
         "establish_per_s": round(established / seconds, 1) if seconds else None,
-        "establish_seconds_seen_by_driver": driver_seconds,
+        # The client's own clock (until its connects returned / settled), for comparison.
+        "establish_seconds_client": run.establish_seconds(),
+        "accept_queue_max": est["accept_queue_max"],
         "held_at_end": held_end,
         "server_alive_at_end": server_alive,
         "not_established": max(0, connections - established),
@@ -813,6 +954,7 @@ def hold_experiment(server_name: str, server_argv: list, connections: int, clien
         "rss_after_bytes": rss1,
         "rss_end_bytes": rss2,
         "rss_per_conn_bytes": round((rss1 - rss0) / per, 1),
+        "rss_total_per_conn_bytes": round(rss1 / per, 1),
         "slab_delta_bytes": slab_total,
         "slab_per_conn_bytes": round(slab_total / per, 1),
         "slab_top": slab_top,
@@ -821,7 +963,9 @@ def hold_experiment(server_name: str, server_argv: list, connections: int, clien
         "server_cpu_establish_s": round(cpu_est - cpu0, 3),
         "server_cpu_hold_s": None if cpu2 is None else round(cpu2 - cpu1, 3),
         "server_cpu_total_s": None if cpu2 is None else round(cpu2 - cpu0, 3),
-        "hold_seconds": hold,
+        "hold_seconds_requested": hold,
+        "hold_seconds": round(held_seconds, 1),
+        "hold_loop_seconds": round(hold_loop_seconds, 1),
         "heartbeat_seconds": heartbeat,
         "samples": samples,
         "clients": clients,
@@ -832,6 +976,10 @@ def hold_markdown(title: str, meta: dict, r: dict, extra: list[str] | None = Non
     m = meta["machine"]
     est_s = "–" if r["establish_seconds"] is None else f"{r['establish_seconds']:.2f} s"
     est_rate = "–" if not r["establish_per_s"] else f"{r['establish_per_s']:,.0f} /s"
+    c = r.get("establish_seconds_client")
+    est_c = "–" if c is None else f"{c:.2f} s"
+    total_rss = (f"{r['rss_after_bytes'] / max(r['established'], 1):,.1f} B (RSS {r['rss_after_bytes'] / 2**20:.1f} MiB ÷ "
+                 f"{r['established']:,})")
     lines = [
         f"# {title} — {meta['date']} on {m['host']}",
         "",
@@ -845,13 +993,18 @@ def hold_markdown(title: str, meta: dict, r: dict, extra: list[str] | None = Non
         "|---|---:|",
         f"| connections requested | {r['requested']:,} |",
         f"| established (server side) | {r['established']:,} |",
-        f"| time to establish | {est_s} |",
+        f"| time to establish (until the server accepted them all) | {est_s} |",
         f"| establish rate | {est_rate} |",
-        f"| held at the end of {r['hold_seconds']:g} s | {r['held_at_end']:,} |",
+        f"| time to establish, client's clock | {est_c} |",
+        f"| held for (measured: end of ramp to final count; hold asked for {r.get('hold_seconds_requested', r['hold_seconds']):g} s "
+        f"after a settle) "
+        f"| {r['hold_seconds']:g} s |",
+        f"| held at the end | {r['held_at_end']:,} |",
         f"| connections lost while held | {r['lost']:,} (client saw {r['client_lost']:,}) |",
         f"| never established | {r['not_established']:,} (client connect errors {r['client_connect_errors']:,}) |",
         f"| heartbeats echoed intact (every {r['heartbeat_seconds']:g} s) | {r['heartbeats_ok']:,} (mismatches {r['mismatches']}) |",
-        f"| server RSS per connection | {r['rss_per_conn_bytes']:,.1f} B ({(r['rss_after_bytes'] - r['rss_before_bytes']) / 2**20:.1f} MiB for all) |",
+        f"| server RSS per connection, marginal | {r['rss_per_conn_bytes']:,.1f} B ({(r['rss_after_bytes'] - r['rss_before_bytes']) / 2**20:.1f} MiB for all) |",
+        f"| server RSS per connection, total | {total_rss} |",
         f"| kernel slab per connection (both ends) | {r['slab_per_conn_bytes']:,.0f} B ({r['slab_delta_bytes'] / 2**20:.1f} MiB; "
         f"interference {r['slab_interference']:+.1%}) |",
         f"| MemAvailable drop per connection | {r['mem_available_delta_per_conn_bytes']:,.0f} B |",

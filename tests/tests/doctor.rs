@@ -351,11 +351,24 @@ fn json_schema_is_stable() {
             "binding_limit",
             "limits",
             "load_generator",
+            "load_sources",
             "config",
             "checks",
             "direct_descriptor_hint"
         ])
     );
+    assert_eq!(
+        keys(&r["load_sources"]),
+        BTreeSet::from(["needed", "connections_per_source", "port_span", "text"])
+    );
+    // Enough sources that none carries more than its share of the port range.
+    let ls = &r["load_sources"];
+    let (needed, per) = (
+        ls["needed"].as_u64().unwrap(),
+        ls["connections_per_source"].as_u64().unwrap(),
+    );
+    assert!(per > 0 && per < ls["port_span"].as_u64().unwrap());
+    assert_eq!(needed, 1_000_000u64.div_ceil(per), "{ls}");
     assert_eq!(r["schema"], "ringhold-doctor/1");
     assert_eq!(r["connections"], 1_000_000);
     assert!(r["fits"].is_boolean() && r["capacity"].is_u64());

@@ -16,6 +16,7 @@ mod pattern;
 mod plan;
 mod report;
 mod setup;
+mod sources;
 mod stats;
 mod worker;
 
@@ -25,7 +26,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-pub use plan::{LoadArgs, LoadProtocol, SetupMode, Sources};
+pub use plan::{LoadArgs, LoadProtocol, SetupMode};
+pub use sources::{
+    connections_per_source, local_port_span, sources_needed, Sources, DEFAULT_PORT_SPAN,
+    SOURCE_FILL_PERCENT,
+};
 
 use plan::Plan;
 use report::Outcome;
@@ -86,7 +91,12 @@ fn run_inner(args: &LoadArgs) -> Result<bool, String> {
     let soft = raise_nofile();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let table_max = u32::try_from(soft).unwrap_or(u32::MAX);
-    let plan = Arc::new(Plan::new(args, table_max, cpus)?);
+    let plan = Arc::new(Plan::new(
+        args,
+        table_max,
+        cpus,
+        sources::local_port_span(),
+    )?);
     let setup_name = match plan.setup {
         SetupMode::Ring => "ring",
         SetupMode::Syscall => "syscall",
@@ -100,7 +110,7 @@ fn run_inner(args: &LoadArgs) -> Result<bool, String> {
         "ringhold load: {} connections to {} from {} source address(es), {} workers x {} fixed-file slots (setup: {setup_name}), duration {}",
         plan.connections,
         plan.target,
-        if plan.sources.is_empty() { "kernel-chosen".to_string() } else { plan.sources.len().to_string() },
+        report::sources_desc(&plan),
         plan.workers,
         plan.slots_per_ring,
         report::fmt_us(plan.duration.as_micros() as u64),

@@ -8,6 +8,10 @@ use std::time::Duration;
 use ringhold_core::units::{parse_duration, parse_size};
 
 use crate::pattern;
+use crate::sources::{
+    auto_sources, connections_per_source, parse_sources, sources_needed, Sources,
+    DEFAULT_PORT_SPAN, SOURCE_FILL_PERCENT,
+};
 
 #[derive(clap::Args, Debug, Clone)]
 #[command(
@@ -39,12 +43,14 @@ pub struct LoadArgs {
     #[arg(long, env = "RINGHOLD_CONNECT_RATE", default_value = "0", value_parser = parse_rate)]
     pub connect_rate: f64,
 
-    /// Source addresses to connect from: a range (127.0.0.2-127.0.3.255), one address, or a count K
-    /// (K addresses from 127.0.0.2 on). Each source has its own ephemeral port range (sockets are bound
-    /// with IP_BIND_ADDRESS_NO_PORT), about 28,000 connections per source and target. Default: the
-    /// kernel picks the source.
-    #[arg(long, env = "RINGHOLD_SOURCES", value_parser = parse_sources)]
-    pub sources: Option<Sources>,
+    /// Source addresses to connect from: `auto`, `kernel`, a range (127.0.0.2-127.0.3.255), one
+    /// address, or a count K (K addresses from 127.0.0.2 on). Each source has its own ephemeral port
+    /// range (sockets are bound with IP_BIND_ADDRESS_NO_PORT). `auto` (the default): for a 127.x
+    /// target, one source per ~30 % of net.ipv4.ip_local_port_range (8,469 connections with the
+    /// default 32768-60999), because connect()'s port search slows sharply once half of a source's
+    /// ports are taken; for any other target the kernel picks. `kernel`: never bind a source.
+    #[arg(long, env = "RINGHOLD_SOURCES", default_value = "auto", value_parser = parse_sources)]
+    pub sources: Sources,
 
     /// What to speak: `echo` (heartbeats echoed byte for byte) or `http` (HTTP/1.1 keep-alive GETs,
     /// each answer checked for status 200 and its body length).
@@ -139,42 +145,6 @@ pub enum SetupMode {
     Syscall,
 }
 
-/// A list of IPv4 source addresses.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Sources(pub Vec<Ipv4Addr>);
-
-const MAX_SOURCES: u32 = 1 << 16;
-
-/// `127.0.0.2-127.0.3.255`, `127.0.0.9`, or a count `K` (K addresses from 127.0.0.2).
-pub fn parse_sources(s: &str) -> Result<Sources, String> {
-    let t = s.trim();
-    if let Ok(k) = t.parse::<u32>() {
-        if k == 0 || k > MAX_SOURCES {
-            return Err(format!(
-                "'{s}': the count of sources must be 1..={MAX_SOURCES}"
-            ));
-        }
-        let first = u32::from(Ipv4Addr::new(127, 0, 0, 2));
-        return Ok(Sources((first..first + k).map(Ipv4Addr::from).collect()));
-    }
-    let (a, b) = match t.split_once('-') {
-        Some((a, b)) => (a.trim(), b.trim()),
-        None => (t, t),
-    };
-    let parse = |x: &str| {
-        x.parse::<Ipv4Addr>()
-            .map_err(|_| format!("'{s}' is not a source range (expected e.g. 127.0.0.2-127.0.3.255, 127.0.0.5 or a count)"))
-    };
-    let (a, b) = (u32::from(parse(a)?), u32::from(parse(b)?));
-    if b < a {
-        return Err(format!("'{s}': the range ends before it starts"));
-    }
-    if b - a >= MAX_SOURCES {
-        return Err(format!("'{s}': at most {MAX_SOURCES} sources"));
-    }
-    Ok(Sources((a..=b).map(Ipv4Addr::from).collect()))
-}
-
 /// `5000`, `5000/s` or `2.5` (per second).
 pub fn parse_rate(s: &str) -> Result<f64, String> {
     let t = s.trim();
@@ -232,8 +202,11 @@ pub const MAX_HTTP_PATH: usize = 1024;
 pub struct Plan {
     pub target: SocketAddr,
     pub connections: u32,
+    /// Source addresses, in turn (empty: the kernel picks).
     pub sources: Vec<Ipv4Addr>,
     /// Echo: heartbeat size. HTTP: the body length each GET asks for (http-kit: see `http`).
+    /// The sources were chosen by `--sources auto` (not given, not `kernel`).
+    pub sources_auto: bool,
     pub message_size: usize,
     pub protocol: LoadProtocol,
     /// Set when `protocol` is HTTP.
@@ -254,17 +227,16 @@ pub struct Plan {
     pub notes: Vec<String>,
 }
 
-/// Ephemeral ports per source address and target: net.ipv4.ip_local_port_range.
-pub fn local_port_span() -> Option<u32> {
-    let s = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
-    let mut it = s.split_whitespace().map(|x| x.parse::<u32>().ok());
-    let (lo, hi) = (it.next()??, it.next()??);
-    Some(hi.saturating_sub(lo) + 1)
-}
-
 impl Plan {
-    /// `table_max` is the most slots one ring's fixed-file table may have (RLIMIT_NOFILE soft limit).
-    pub fn new(a: &LoadArgs, table_max: u32, cpus: u32) -> Result<Plan, String> {
+    /// `table_max` is the most slots one ring's fixed-file table may have (RLIMIT_NOFILE soft limit);
+    /// `port_span` the ephemeral ports per source ([`local_port_span`]; None: unknown, the default
+    /// range is assumed).
+    pub fn new(
+        a: &LoadArgs,
+        table_max: u32,
+        cpus: u32,
+        port_span: Option<u32>,
+    ) -> Result<Plan, String> {
         let target = a
             .target
             .to_socket_addrs()
@@ -274,7 +246,12 @@ impl Plan {
         if a.connections == 0 {
             return Err("--connections must be at least 1".into());
         }
-        let sources = a.sources.clone().map(|s| s.0).unwrap_or_default();
+        let span = port_span.unwrap_or(DEFAULT_PORT_SPAN).max(1);
+        let (sources, sources_auto) = match &a.sources {
+            Sources::Auto => (auto_sources(&target, a.connections, span), true),
+            Sources::Kernel => (Vec::new(), false),
+            Sources::List(v) => (v.clone(), false),
+        };
         if !sources.is_empty() && target.is_ipv6() {
             return Err("--sources are IPv4 addresses but --target is IPv6".into());
         }
@@ -338,21 +315,48 @@ impl Plan {
             ));
         }
         let slots_per_ring = a.connections.div_ceil(workers);
-        if let Some(span) = local_port_span() {
-            let n_src = sources.len().max(1) as u64;
-            if u64::from(a.connections) > n_src * u64::from(span) {
-                notes.push(format!(
-                    "{} connections from {n_src} source address(es) need more than the {span} ephemeral ports \
-                     per source: expect 'no address' failures; use --sources {}",
-                    a.connections,
-                    u64::from(a.connections).div_ceil(u64::from(span) * 9 / 10)
-                ));
-            }
+        let n = u64::from(a.connections);
+        let n_src = sources.len().max(1) as u64;
+        let per_source = u64::from(connections_per_source(span));
+        let want = sources_needed(n, 1, span);
+        if sources_auto && sources.len() > 1 {
+            notes.push(format!(
+                "connecting from {} source addresses {}-{} (--sources auto: at most {per_source} connections \
+                 per source, {SOURCE_FILL_PERCENT} % of the {span} ephemeral ports, keeps connect() fast; \
+                 --sources kernel or an explicit list overrides)",
+                sources.len(),
+                sources[0],
+                sources[sources.len() - 1],
+            ));
+        } else if n > n_src * per_source {
+            let how = if target.is_ipv6() {
+                "an IPv6 target has one loopback source; use an IPv4 target with --sources"
+                    .to_string()
+            } else if sources.is_empty() && !target.ip().is_loopback() {
+                format!(
+                    "give {want} of this host's addresses with --sources (ringhold doctor --connections {n} \
+                     says how many a run needs)"
+                )
+            } else {
+                format!("use --sources {want} (or more)")
+            };
+            let what = if n > n_src * u64::from(span) {
+                format!("need more than the {span} ephemeral ports per source: expect 'no address' failures")
+            } else {
+                format!(
+                    "fill more than {SOURCE_FILL_PERCENT} % of a source's {span} ephemeral ports: connect() \
+                     slows down sharply once half of them are taken"
+                )
+            };
+            notes.push(format!(
+                "{n} connections from {n_src} source address(es) {what}; {how}"
+            ));
         }
         Ok(Plan {
             target,
             connections: a.connections,
             sources,
+            sources_auto,
             message_size,
             protocol: a.protocol,
             http,
@@ -430,24 +434,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sources() {
-        let s = parse_sources("4").unwrap().0;
-        assert_eq!(s.len(), 4);
-        assert_eq!(s[0], Ipv4Addr::new(127, 0, 0, 2));
-        assert_eq!(s[3], Ipv4Addr::new(127, 0, 0, 5));
-        let s = parse_sources("127.0.0.2-127.0.3.255").unwrap().0;
-        assert_eq!(s.len(), 254 + 3 * 256);
-        assert_eq!(s.last(), Some(&Ipv4Addr::new(127, 0, 3, 255)));
-        assert_eq!(
-            parse_sources("127.0.0.9").unwrap().0,
-            vec![Ipv4Addr::new(127, 0, 0, 9)]
-        );
-        assert!(parse_sources("0").is_err());
-        assert!(parse_sources("127.0.0.9-127.0.0.2").is_err());
-        assert!(parse_sources("localhost").is_err());
-    }
-
-    #[test]
     fn ranges() {
         assert_eq!(parse_size_range("1-4096").unwrap(), (1, 4096));
         assert_eq!(parse_size_range("2KiB").unwrap(), (2048, 2048));
@@ -487,7 +473,7 @@ mod tests {
 
     #[test]
     fn http_plans() {
-        let p = Plan::new(&parse(&["--protocol", "http"]).unwrap(), 20_000, 2).unwrap();
+        let p = Plan::new(&parse(&["--protocol", "http"]).unwrap(), 20_000, 2, None).unwrap();
         assert_eq!(p.message_size, 1024);
         let h = p.http.as_ref().unwrap();
         assert_eq!((h.path.as_str(), h.host.as_str()), ("/", "127.0.0.1:7000"));
@@ -496,13 +482,14 @@ mod tests {
             &parse(&["--protocol", "http", "--http-kit"]).unwrap(),
             20_000,
             2,
+            None,
         )
         .unwrap();
         let kit = p.http_kit().unwrap();
         assert_eq!(kit.length, (1, 4096));
         assert_eq!(kit.pause_us, (5_000_000, 45_000_000));
         assert!(p.period.is_none() && p.sends());
-        let p = Plan::new(&parse(&[]).unwrap(), 20_000, 2).unwrap();
+        let p = Plan::new(&parse(&[]).unwrap(), 20_000, 2, None).unwrap();
         assert_eq!(p.message_size, 64);
         assert!(p.http.is_none());
         for bad in [
@@ -520,19 +507,125 @@ mod tests {
             &["--message-size", "4"],
         ] {
             assert!(
-                Plan::new(&parse(bad).unwrap(), 20_000, 2).is_err(),
+                Plan::new(&parse(bad).unwrap(), 20_000, 2, None).is_err(),
                 "{bad:?}"
             );
         }
     }
 
+    /// The plan for `connections` to `target` with the default port range (28,232 ports).
+    fn plan_for(target: &str, connections: u32, extra: &[&str]) -> Plan {
+        let c = connections.to_string();
+        let mut a = vec!["--target", target, "--connections", &c];
+        a.extend_from_slice(extra);
+        Plan::new(&parse(&a).unwrap(), 20_000, 2, Some(DEFAULT_PORT_SPAN)).unwrap()
+    }
+
+    #[test]
+    fn auto_sources_keep_every_source_under_its_budget_on_loopback() {
+        // The issue-14 cases: 300k flat out crawled from 16 sources; 1M from 50 stalled.
+        for n in [300_000u32, 1_000_000] {
+            let p = plan_for("127.0.0.1:7000", n, &[]);
+            assert!(p.sources_auto);
+            let k = p.sources.len() as u64;
+            assert_eq!(k, sources_needed(u64::from(n), 1, DEFAULT_PORT_SPAN));
+            assert!(k >= 36, "{n}: {k} sources");
+            // Connections go round-robin over the sources: the fullest one carries ⌈n / k⌉.
+            let mut per = vec![0u64; p.sources.len()];
+            for w in 0..p.workers {
+                for i in 0..p.quota(w) {
+                    per[p.source_index(w, i).unwrap()] += 1;
+                }
+            }
+            let max = per.iter().copied().max().unwrap();
+            assert!(
+                max <= u64::from(connections_per_source(DEFAULT_PORT_SPAN)),
+                "{max}"
+            );
+            assert_eq!(per.iter().sum::<u64>(), u64::from(n));
+            // Distinct 127.x addresses from 127.0.0.2 on.
+            assert_eq!(p.sources[0], Ipv4Addr::new(127, 0, 0, 2));
+            let mut uniq = p.sources.clone();
+            uniq.dedup();
+            assert_eq!(uniq.len(), p.sources.len());
+            assert!(p.sources.iter().all(|a| a.is_loopback()));
+            assert!(
+                p.notes.iter().any(|n| n.contains("--sources auto")),
+                "{:?}",
+                p.notes
+            );
+        }
+        // Any 127.x target counts as loopback.
+        assert_eq!(plan_for("127.0.3.9:7000", 100_000, &[]).sources.len(), 12);
+    }
+
+    #[test]
+    fn auto_sources_leave_small_runs_and_other_targets_to_the_kernel() {
+        let p = plan_for("127.0.0.1:7000", 8_000, &[]);
+        assert!(p.sources.is_empty() && p.notes.is_empty(), "{:?}", p.notes);
+        let p = plan_for("192.0.2.1:7000", 20_000, &[]);
+        assert!(
+            p.notes.iter().any(|n| n.contains("slows down")),
+            "{:?}",
+            p.notes
+        );
+        // Not loopback: the kernel picks, and a large run is told what it needs.
+        let p = plan_for("192.0.2.1:7000", 100_000, &[]);
+        assert!(p.sources.is_empty());
+        assert!(
+            p.notes.iter().any(|n| n.contains("ringhold doctor")),
+            "{:?}",
+            p.notes
+        );
+        let p = plan_for("[::1]:7000", 100_000, &[]);
+        assert!(p.sources.is_empty());
+        assert!(p.notes.iter().any(|n| n.contains("IPv6")), "{:?}", p.notes);
+    }
+
+    #[test]
+    fn explicit_sources_override_auto() {
+        let p = plan_for("127.0.0.1:7000", 300_000, &["--sources", "kernel"]);
+        assert!(p.sources.is_empty() && !p.sources_auto);
+        assert!(
+            p.notes.iter().any(|n| n.contains("--sources 36")),
+            "{:?}",
+            p.notes
+        );
+        let p = plan_for("127.0.0.1:7000", 300_000, &["--sources", "16"]);
+        assert_eq!((p.sources.len(), p.sources_auto), (16, false));
+        assert!(
+            p.notes.iter().any(|n| n.contains("slows down")),
+            "{:?}",
+            p.notes
+        );
+        let p = plan_for(
+            "127.0.0.1:7000",
+            300_000,
+            &["--sources", "127.0.9.1-127.0.9.40"],
+        );
+        assert_eq!(p.sources.len(), 40);
+        assert_eq!(p.sources[0], Ipv4Addr::new(127, 0, 9, 1));
+        assert!(
+            !p.notes.iter().any(|n| n.contains("source")),
+            "{:?}",
+            p.notes
+        );
+        // Not enough ports at all.
+        let p = plan_for("127.0.0.1:7000", 100_000, &["--sources", "2"]);
+        assert!(
+            p.notes.iter().any(|n| n.contains("'no address'")),
+            "{:?}",
+            p.notes
+        );
+    }
+
     #[test]
     fn workers_grow_with_the_table_limit_and_quotas_add_up() {
-        let p = Plan::new(&args(1_000_000, 2), 20_000, 2).unwrap();
+        let p = Plan::new(&args(1_000_000, 2), 20_000, 2, None).unwrap();
         assert_eq!(p.workers, 50);
         assert!(p.slots_per_ring <= 20_000);
         assert_eq!((0..p.workers).map(|w| p.quota(w)).sum::<u32>(), 1_000_000);
-        let p = Plan::new(&args(1001, 4), 20_000, 2).unwrap();
+        let p = Plan::new(&args(1001, 4), 20_000, 2, None).unwrap();
         assert_eq!(p.workers, 4);
         assert_eq!((0..4).map(|w| p.quota(w)).sum::<u32>(), 1001);
         assert!((0..4).all(|w| p.quota(w) <= p.slots_per_ring));

@@ -21,6 +21,15 @@ pub fn fmt_us(v: u64) -> String {
     }
 }
 
+/// "kernel-chosen", "4" or "12 (auto)": how many source addresses the run connects from.
+pub fn sources_desc(p: &Plan) -> String {
+    match (p.sources.len(), p.sources_auto) {
+        (0, _) => "kernel-chosen".to_string(),
+        (n, true) => format!("{n} (auto)"),
+        (n, false) => n.to_string(),
+    }
+}
+
 fn failures_brief(c: &Counts) -> String {
     let parts: Vec<String> = CAUSES
         .iter()
@@ -165,7 +174,7 @@ impl Outcome<'_> {
             "ringhold load: {} connections to {} from {} source address(es), {} workers (setup: {}), {}",
             p.connections,
             p.target,
-            if p.sources.is_empty() { "kernel-chosen".to_string() } else { p.sources.len().to_string() },
+            sources_desc(p),
             p.workers,
             self.setup,
             self.heartbeat_desc()
@@ -326,6 +335,7 @@ impl Outcome<'_> {
             "config": {
                 "connections": p.connections,
                 "sources": p.sources.len(),
+                "sources_auto": p.sources_auto,
                 "workers": p.workers,
                 "slots_per_worker": p.slots_per_ring,
                 "setup": self.setup,

@@ -1,5 +1,6 @@
-//! Echo server on glommio: one executor per core (a pool with `MaxSpread` placement), each with its own
-//! SO_REUSEPORT listener, one task per connection with a 4 KiB buffer, written as glommio's docs do.
+//! Echo server on glommio: one executor per core (a pool with `Unbound` placement: not pinned, like
+//! every other server in bench/run), each with its own SO_REUSEPORT listener, one task per connection
+//! with a 4 KiB buffer, written as glommio's docs do.
 
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::time::Duration;
@@ -38,7 +39,9 @@ fn main() {
         fds.push(l.into_raw_fd());
     }
     let fds = std::sync::Arc::new(std::sync::Mutex::new(fds));
-    let pool = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(args.threads, None))
+    // Unbound: the executors are not pinned to CPUs. bench/run runs every server unpinned (ringhold
+    // with --no-pin) because the load client shares the cores; MaxSpread pinned glommio alone.
+    let pool = LocalExecutorPoolBuilder::new(PoolPlacement::Unbound(args.threads))
         .on_all_shards(move || {
             let fd = fds.lock().ok().and_then(|mut v| v.pop());
             async move {

@@ -240,7 +240,11 @@ fn main() {
             y_label: "bytes / connection",
             servers: servers.clone(),
             series: vec![
-                ("server RSS", col("idle", &["rss_per_conn_bytes"])),
+                (
+                    "server RSS, total ÷ N",
+                    col("idle", &["rss_total_per_conn_bytes"]),
+                ),
+                ("server RSS, marginal", col("idle", &["rss_per_conn_bytes"])),
                 (
                     "kernel slab (both ends)",
                     col("idle", &["slab_per_conn_bytes"]),
@@ -250,7 +254,7 @@ fn main() {
         },
         Chart {
             file: "accept_rate.svg",
-            title: format!("Accept: {} connections established", n_of("accept")),
+            title: format!("Accept: {} connections, accepted by the server", n_of("accept")),
             y_label: "connections / s",
             servers: servers.clone(),
             series: vec![("connections/s", col("accept", &["per_s"]))],

@@ -5,8 +5,9 @@
 //! `--json` prints one object (schema `ringhold-doctor/1`, documented in the
 //! README's Doctor section):
 //! `{schema, connections, fits, capacity, binding_limit{id,connections,text}, limits[],
-//!   load_generator{connections,binding_limit}|null, config{…}, checks[{id,title,status,current,
-//!   needed,fix[],note}]}` with `status` one of `ok`, `warn`, `fail`.
+//!   load_generator{connections,binding_limit}|null, load_sources{needed,connections_per_source,
+//!   port_span,text}, config{…}, checks[{id,title,status,current,needed,fix[],note}],
+//!   direct_descriptor_hint}` with `status` one of `ok`, `warn`, `fail`.
 
 mod capacity;
 mod checks;
@@ -96,6 +97,17 @@ struct LoadGen {
     binding_limit: Limit,
 }
 
+/// How many source addresses a load generator needs for the run to connect fast (wherever it runs).
+#[derive(Serialize)]
+struct LoadSources {
+    needed: u64,
+    connections_per_source: u64,
+    /// Ephemeral ports per source: this host's net.ipv4.ip_local_port_range (the client host's own
+    /// range is what counts for a remote run).
+    port_span: u64,
+    text: String,
+}
+
 #[derive(Serialize)]
 struct Report {
     schema: &'static str,
@@ -105,6 +117,7 @@ struct Report {
     binding_limit: Limit,
     limits: Vec<Limit>,
     load_generator: Option<LoadGen>,
+    load_sources: LoadSources,
     config: Config,
     checks: Vec<Check>,
     /// One line on reaching `connections` with direct descriptors (shards × slots), or null.
@@ -227,6 +240,7 @@ fn diagnose(args: &DoctorArgs) -> Report {
             },
         }
     });
+    let load_sources = load_sources(&host, args.connections, args.targets);
     let direct_descriptor_hint = direct_hint(&host, &plan, args.connections, &binding);
     let fits = binding.connections >= args.connections
         && load_generator
@@ -241,6 +255,7 @@ fn diagnose(args: &DoctorArgs) -> Report {
         binding_limit: binding,
         limits,
         load_generator,
+        load_sources,
         config: Config {
             engine: args.engine.name(),
             shards,
@@ -256,6 +271,39 @@ fn diagnose(args: &DoctorArgs) -> Report {
         },
         checks: list,
         direct_descriptor_hint,
+    }
+}
+
+/// Source addresses a load generator needs for `n` connections to `targets` targets so that no
+/// source's port range is more than ringhold_load::SOURCE_FILL_PERCENT used (the rule `ringhold
+/// load --sources auto` follows on loopback).
+fn load_sources(host: &Host, n: u64, targets: u64) -> LoadSources {
+    let span = host
+        .port_range
+        .map(|(lo, hi)| hi.saturating_sub(lo) + 1)
+        .and_then(|s| u32::try_from(s).ok())
+        .unwrap_or(ringhold_load::DEFAULT_PORT_SPAN);
+    let per = u64::from(ringhold_load::connections_per_source(span));
+    let needed = ringhold_load::sources_needed(n, targets, span);
+    let pairs = if targets == 1 {
+        "per source".to_string()
+    } else {
+        format!("per source and target ({targets} targets)")
+    };
+    let text = format!(
+        "a load generator opening {n} connections needs {needed} source address{}: at most {per} \
+         connections {pairs}, {}% of a {span}-port ip_local_port_range, because connect()'s port \
+         search slows sharply once half of a source's ports are taken. `ringhold load` picks 127.x \
+         sources itself for a loopback target (--sources auto); from another host give it {needed} of \
+         that host's addresses with --sources (its own ip_local_port_range is what counts there)",
+        if needed == 1 { "" } else { "es" },
+        ringhold_load::SOURCE_FILL_PERCENT,
+    );
+    LoadSources {
+        needed,
+        connections_per_source: per,
+        port_span: u64::from(span),
+        text,
     }
 }
 
@@ -356,6 +404,7 @@ fn render(r: &Report) -> String {
     if let Some(h) = &r.direct_descriptor_hint {
         let _ = writeln!(s, "to reach {}: {h}", r.connections);
     }
+    let _ = writeln!(s, "sources: {}", r.load_sources.text);
     let fails = r.checks.iter().filter(|k| k.status == Status::Fail).count();
     let warns = r.checks.iter().filter(|k| k.status == Status::Warn).count();
     let _ = writeln!(
@@ -365,4 +414,29 @@ fn render(r: &Report) -> String {
         if r.fits { "fit" } else { "do NOT fit" }
     );
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_sources_follow_the_port_range_and_targets() {
+        let mut h = Host {
+            port_range: Some((32_768, 60_999)),
+            ..Host::default()
+        };
+        let s = load_sources(&h, 1_000_000, 1);
+        assert_eq!(
+            (s.needed, s.connections_per_source, s.port_span),
+            (119, 8_469, 28_232)
+        );
+        assert!(s.text.contains("needs 119 source addresses"), "{}", s.text);
+        assert_eq!(load_sources(&h, 1_000_000, 4).needed, 30);
+        assert_eq!(load_sources(&h, 5_000, 1).needed, 1);
+        h.port_range = Some((1_024, 65_535));
+        assert_eq!(load_sources(&h, 1_000_000, 1).needed, 52);
+        h.port_range = None;
+        assert_eq!(load_sources(&h, 1_000_000, 1).port_span, 28_232);
+    }
 }
