@@ -12,7 +12,7 @@ use ringhold_metrics::{install, names, render, ShardMetrics};
 
 fn scrape(addr: SocketAddr) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nAccept: */*\r\n\r\n")
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nAccept: */*\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
@@ -200,7 +200,8 @@ fn exporter_end_to_end() {
 
     // Other paths and methods.
     let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /nope HTTP/1.1\r\n\r\n").unwrap();
+    s.write_all(b"GET /nope HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
