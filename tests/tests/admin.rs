@@ -251,7 +251,8 @@ fn keep_alive_serves_two_scrapes_on_one_connection(engine: Engine) {
     let url = format!("http://{addr}/metrics");
     let out = Command::new(curl)
         .args(["-sS", "--max-time", &secs(30).as_secs().max(1).to_string()])
-        .args(["-o", "/dev/null", "-w", "%{http_code} %{num_connects}\\n"])
+        .args(["-o", "/dev/null", "-o", "/dev/null"])
+        .args(["-w", "%{http_code} %{num_connects}\\n"])
         .args([&url, &url])
         .output()
         .expect("run curl");
