@@ -156,7 +156,11 @@ impl Conn {
     fn deadline(&self, l: &Limits) -> (Instant, &'static str) {
         let mut d: Option<(Instant, &'static str)> = None;
         let mut consider = |at: Instant, why| {
-            if d.map_or(true, |(first, _)| at < first) {
+            let sooner = match d {
+                None => true,
+                Some((first, _)) => at < first,
+            };
+            if sooner {
                 d = Some((at, why));
             }
         };

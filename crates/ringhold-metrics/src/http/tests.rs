@@ -10,7 +10,7 @@ use super::*;
 fn limits() -> Limits {
     Limits {
         max_connections: 4,
-        request_deadline: Duration::from_millis(800),
+        request_deadline: Duration::from_millis(1500),
         write_deadline: Duration::from_secs(2),
         keep_alive_idle: PATIENCE,
     }
@@ -224,6 +224,22 @@ fn idle_keep_alive_connection_is_closed_cleanly() {
     assert_eq!(get(&mut s, "/metrics").0, 200);
     let mut buf = [0u8; 16];
     assert_eq!(s.read(&mut buf).unwrap(), 0, "FIN after the idle limit");
+}
+
+#[test]
+fn a_large_scrape_arrives_whole_twice_on_one_connection() {
+    let body = "y".repeat(3 << 20);
+    let expected = body.clone();
+    let addr = serve_with("127.0.0.1:0".parse().unwrap(), limits(), move || {
+        body.clone()
+    })
+    .unwrap();
+    let mut s = connect(addr);
+    for _ in 0..2 {
+        let (status, _, got) = get(&mut s, "/metrics");
+        assert_eq!(status, 200);
+        assert!(got == expected, "{} bytes", got.len());
+    }
 }
 
 #[test]
