@@ -13,12 +13,16 @@
 //!   idle the longest (silent since it connected, or waiting between requests) is dropped; only when none
 //!   is idle does the one busy the longest go.
 //!
+//! At the process's descriptor limit (the shards take every descriptor they can) a spare descriptor,
+//! opened at start, is given up to accept a scrape and taken back when that connection ends.
+//!
 //! Deadlines are kept by one sweeper task that sleeps until the earliest of them (no timer per
 //! connection, no wake-up at all while no admin connection is open).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -96,11 +100,12 @@ where
         let _in_rt = rt.enter();
         TcpListener::from_std(std_listener)?
     };
+    let spare = open_spare()?;
     thread::Builder::new()
         .name("ringhold-metrics".into())
         .spawn(move || {
             let local = tokio::task::LocalSet::new();
-            local.block_on(&rt, run(listener, limits, Rc::new(render)));
+            local.block_on(&rt, run(listener, limits, spare, Rc::new(render)));
         })?;
     Ok(local)
 }
@@ -115,12 +120,34 @@ fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(s.into())
 }
 
+/// A descriptor kept in reserve (`/dev/null`), so that a scrape can be accepted when the shards have
+/// taken every other descriptor the process may open.
+fn open_spare() -> io::Result<File> {
+    File::open("/dev/null")
+}
+
 /// State shared by the tasks of the admin thread.
 struct Shared {
     limits: Limits,
     conns: RefCell<HashMap<u64, Rc<Conn>>>,
     /// Wakes the sweeper when a deadline may have moved earlier.
     sweeper: Notify,
+    /// The reserve descriptor; `None` while given up for a connection.
+    spare: RefCell<Option<File>>,
+}
+
+impl Shared {
+    /// Closes the spare to make room for one accept; false if it is already given up.
+    fn release_spare(&self) -> bool {
+        self.spare.borrow_mut().take().is_some()
+    }
+
+    fn refill_spare(&self) {
+        let mut spare = self.spare.borrow_mut();
+        if spare.is_none() {
+            *spare = open_spare().ok();
+        }
+    }
 }
 
 /// One admin connection, as the accept loop and the sweeper see it.
@@ -156,11 +183,7 @@ impl Conn {
     fn deadline(&self, l: &Limits) -> (Instant, &'static str) {
         let mut d: Option<(Instant, &'static str)> = None;
         let mut consider = |at: Instant, why| {
-            let sooner = match d {
-                None => true,
-                Some((first, _)) => at < first,
-            };
-            if sooner {
+            if d.is_none_or(|(first, _)| at < first) {
                 d = Some((at, why));
             }
         };
@@ -219,21 +242,32 @@ impl Conn {
     }
 }
 
-async fn run(listener: TcpListener, limits: Limits, render: Rc<dyn Fn() -> String>) {
+async fn run(listener: TcpListener, limits: Limits, spare: File, render: Rc<dyn Fn() -> String>) {
     let shared = Rc::new(Shared {
         limits,
         conns: RefCell::new(HashMap::new()),
         sweeper: Notify::new(),
+        spare: RefCell::new(Some(spare)),
     });
     tokio::task::spawn_local(sweep(shared.clone()));
     let mut next_id = 0u64;
+    let mut warned: Option<Instant> = None;
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning; the listener stays.
-                tracing::warn!("metrics listener: accept failed: {e}");
+                let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                if out_of_fds && shared.release_spare() {
+                    continue; // the spare's descriptor is free now: accept again at once
+                }
+                // No spare (a scrape holds it) or another error: back off instead of spinning; the
+                // listener stays. Warn at most once every 10 s.
+                if warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    tracing::warn!("metrics listener: accept failed: {e}");
+                    warned = Some(Instant::now());
+                }
                 tokio::time::sleep(Duration::from_millis(200)).await;
+                shared.refill_spare();
                 continue;
             }
         };
@@ -311,24 +345,29 @@ async fn serve_conn(
         let resp = respond(req.method(), req.uri().path(), &*render);
         async move { Ok::<_, Infallible>(resp) }
     });
-    let http = http1::Builder::new()
-        .keep_alive(true)
-        // `Content-Type`, as the exporter always wrote it (for clients that match header case).
-        .title_case_headers(true)
-        // Our own deadlines (hyper's would also cut idle keep-alive connections short).
-        .header_read_timeout(None)
-        .max_buf_size(MAX_HEAD)
-        .serve_connection(io, service);
-    tokio::select! {
-        biased;
-        _ = conn.kill.notified() => {}
-        res = http => {
-            if let Err(e) = res {
-                tracing::debug!("metrics: admin connection #{}: {e}", conn.id);
+    {
+        let http = http1::Builder::new()
+            .keep_alive(true)
+            // `Content-Type`, as the exporter always wrote it (for clients that match header case).
+            .title_case_headers(true)
+            // Our own deadlines (hyper's would also cut idle keep-alive connections short).
+            .header_read_timeout(None)
+            .max_buf_size(MAX_HEAD)
+            .serve_connection(io, service);
+        tokio::select! {
+            biased;
+            _ = conn.kill.notified() => {}
+            res = http => {
+                if let Err(e) = res {
+                    tracing::debug!("metrics: admin connection #{}: {e}", conn.id);
+                }
             }
         }
     }
+    // The socket is closed (hyper's connection, which owned it, is dropped): its descriptor can
+    // become the spare again if that was given up.
     shared.conns.borrow_mut().remove(&conn.id);
+    shared.refill_spare();
 }
 
 /// The socket, telling its [`Conn`] when request bytes arrive and when the peer stops taking ours.
