@@ -42,6 +42,7 @@ fn get(s: &mut TcpStream, path: &str) -> Result<(u16, String), String> {
     while !head.ends_with(b"\r\n\r\n") {
         match s.read(&mut byte) {
             Ok(1) => head.push(byte[0]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Ok(_) => {
                 return Err(format!(
                     "EOF in the response head after {} bytes",
@@ -70,6 +71,7 @@ fn get(s: &mut TcpStream, path: &str) -> Result<(u16, String), String> {
         })
         .ok_or_else(|| format!("no Content-Length in {head}"))?;
     let mut body = vec![0u8; len];
+    // (read_exact retries EINTR itself.)
     s.read_exact(&mut body)
         .map_err(|e| format!("reading {len} body bytes: {e}"))?;
     String::from_utf8(body)
@@ -198,7 +200,11 @@ fn slowloris_is_dropped_by_the_request_deadline(engine: Engine) {
                     "answer to an incomplete request: {:?}",
                     String::from_utf8_lossy(&buf[..n])
                 ),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                    ) => {}
                 Err(e) => break format!("read: {e}"),
             }
         };
