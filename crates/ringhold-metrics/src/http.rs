@@ -1,181 +1,475 @@
-//! A tiny blocking HTTP/1.1 responder for `GET /metrics` on its own thread (std::net only, no async
-//! runtime). One request per connection (`Connection: close`), requests served one after another; a
-//! client that stalls is dropped after a short timeout so it cannot hold the exporter.
+//! The admin endpoint (`GET /metrics`): hyper's HTTP/1.1 server on a current-thread tokio runtime that
+//! lives on its own thread, far from the shards.
+//!
+//! No client can blind it:
+//! - connections are served concurrently (one task each), so a silent or slow client never delays a
+//!   scrape;
+//! - a connection must deliver a complete request head within [`Limits::request_deadline`] of being
+//!   accepted (the first request) or of the request's first byte (later ones), so slowloris cannot hold
+//!   a connection; a response the peer does not read is dropped after [`Limits::write_deadline`];
+//! - HTTP/1.1 keep-alive (Prometheus reuses its connection), an idle keep-alive connection being closed
+//!   after [`Limits::keep_alive_idle`];
+//! - at most [`Limits::max_connections`] admin connections: when a new one arrives at the cap, the one
+//!   idle the longest (silent since it connected, or waiting between requests) is dropped; only when none
+//!   is idle does the one busy the longest go.
+//!
+//! At the process's descriptor limit (the shards take every descriptor they can) a spare descriptor,
+//! opened at start, is given up to accept a scrape and taken back when that connection ends.
+//!
+//! Deadlines are kept by one sweeper task that sleeps until the earliest of them (no timer per
+//! connection, no wake-up at all while no admin connection is open).
 
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::fs::File;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
-/// Request heads longer than this are refused (Prometheus sends a few hundred bytes).
-const MAX_HEAD: usize = 16 * 1024;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE as CONTENT_TYPE_HEADER};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
 pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Binds `addr` and serves it from a detached thread; `render` produces the /metrics body.
+/// hyper's read buffer cap: a request head longer than this gets `431` (Prometheus sends a few hundred
+/// bytes).
+const MAX_HEAD: usize = 16 * 1024;
+/// Listen backlog of the admin socket (the kernel caps it at `net.core.somaxconn`).
+const BACKLOG: i32 = 1024;
+
+/// The admin endpoint's limits (the defaults are what `ringhold serve` uses; README "Metrics endpoint").
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// Admin connections held at once; the oldest idle one is dropped for a new one.
+    pub max_connections: usize,
+    /// Time to deliver a complete request head: from accept for the first request, from its first byte
+    /// for later ones.
+    pub request_deadline: Duration,
+    /// Time a response write may stay blocked because the peer does not read.
+    pub write_deadline: Duration,
+    /// Time a keep-alive connection may wait for its next request (above Prometheus' usual scrape
+    /// intervals, so that its connection is reused).
+    pub keep_alive_idle: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 32,
+            request_deadline: Duration::from_secs(3),
+            write_deadline: Duration::from_secs(10),
+            keep_alive_idle: Duration::from_secs(90),
+        }
+    }
+}
+
+/// Binds `addr` and serves it from a thread of its own with the default [`Limits`]; `render` produces
+/// the /metrics body. Returns the bound address (port 0 works).
 pub(crate) fn serve<F>(addr: SocketAddr, render: F) -> io::Result<SocketAddr>
 where
     F: Fn() -> String + Send + 'static,
 {
-    let listener = TcpListener::bind(addr)?;
-    let local = listener.local_addr()?;
+    serve_with(addr, Limits::default(), render)
+}
+
+pub(crate) fn serve_with<F>(addr: SocketAddr, limits: Limits, render: F) -> io::Result<SocketAddr>
+where
+    F: Fn() -> String + Send + 'static,
+{
+    let std_listener = bind(addr)?;
+    let local = std_listener.local_addr()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()?;
+    let listener = {
+        let _in_rt = rt.enter();
+        TcpListener::from_std(std_listener)?
+    };
+    let spare = open_spare()?;
     thread::Builder::new()
         .name("ringhold-metrics".into())
-        .spawn(move || accept_loop(listener, render))?;
+        .spawn(move || {
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&rt, run(listener, limits, spare, Rc::new(render)));
+        })?;
     Ok(local)
 }
 
-fn accept_loop<F: Fn() -> String>(listener: TcpListener, render: F) {
-    for stream in listener.incoming() {
-        match stream {
-            Ok(s) => {
-                if let Err(e) = handle(s, &render) {
-                    tracing::debug!("metrics request failed: {e}");
+fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())?;
+    s.listen(BACKLOG)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+/// A descriptor kept in reserve (`/dev/null`), so that a scrape can be accepted when the shards have
+/// taken every other descriptor the process may open.
+fn open_spare() -> io::Result<File> {
+    File::open("/dev/null")
+}
+
+/// State shared by the tasks of the admin thread.
+struct Shared {
+    limits: Limits,
+    conns: RefCell<HashMap<u64, Rc<Conn>>>,
+    /// Wakes the sweeper when a deadline may have moved earlier.
+    sweeper: Notify,
+    /// The reserve descriptor; `None` while given up for a connection.
+    spare: RefCell<Option<File>>,
+}
+
+impl Shared {
+    /// Closes the spare to make room for one accept; false if it is already given up.
+    fn release_spare(&self) -> bool {
+        self.spare.borrow_mut().take().is_some()
+    }
+
+    fn refill_spare(&self) {
+        let mut spare = self.spare.borrow_mut();
+        if spare.is_none() {
+            *spare = open_spare().ok();
+        }
+    }
+}
+
+/// One admin connection, as the accept loop and the sweeper see it.
+struct Conn {
+    id: u64,
+    accepted: Instant,
+    /// Requests handed to the service.
+    served: Cell<u64>,
+    /// First byte of a request whose head is not complete yet.
+    reading_since: Cell<Option<Instant>>,
+    /// Since when the socket has refused our response bytes (the peer does not read).
+    write_blocked_since: Cell<Option<Instant>>,
+    /// Since when the connection waits for its next request with nothing of it received.
+    idle_since: Cell<Option<Instant>>,
+    /// Set when the connection is to be dropped (deadline passed or evicted).
+    kill: Notify,
+}
+
+impl Conn {
+    fn new(id: u64, now: Instant) -> Conn {
+        Conn {
+            id,
+            accepted: now,
+            served: Cell::new(0),
+            reading_since: Cell::new(None),
+            write_blocked_since: Cell::new(None),
+            idle_since: Cell::new(Some(now)),
+            kill: Notify::new(),
+        }
+    }
+
+    /// When this connection must go unless it makes progress, and why.
+    fn deadline(&self, l: &Limits) -> (Instant, &'static str) {
+        let mut d: Option<(Instant, &'static str)> = None;
+        let mut consider = |at: Instant, why| {
+            if d.is_none_or(|(first, _)| at < first) {
+                d = Some((at, why));
+            }
+        };
+        if let Some(t) = self.write_blocked_since.get() {
+            consider(t + l.write_deadline, "response not read");
+        }
+        if self.served.get() == 0 {
+            consider(self.accepted + l.request_deadline, "no request in time");
+        } else if let Some(t) = self.reading_since.get() {
+            consider(t + l.request_deadline, "request head not completed in time");
+        } else if let Some(t) = self.idle_since.get() {
+            consider(t + l.keep_alive_idle, "keep-alive idle");
+        }
+        d.unwrap_or((self.accepted + l.keep_alive_idle, "keep-alive idle"))
+    }
+
+    /// Order in which connections are dropped at the cap: idle ones first (idle the longest first), then
+    /// busy ones (busy the longest first).
+    fn eviction_rank(&self) -> (bool, Instant) {
+        let busy = self
+            .reading_since
+            .get()
+            .into_iter()
+            .chain(self.write_blocked_since.get())
+            .min();
+        match (busy, self.idle_since.get()) {
+            (None, Some(idle)) => (false, idle),
+            (Some(b), _) => (true, b),
+            (None, None) => (true, self.accepted),
+        }
+    }
+
+    fn on_bytes_received(&self, shared: &Shared) {
+        if self.reading_since.get().is_none() {
+            self.reading_since.set(Some(Instant::now()));
+            self.idle_since.set(None);
+            shared.sweeper.notify_one();
+        }
+    }
+
+    fn on_request(&self) {
+        self.served.set(self.served.get() + 1);
+        self.reading_since.set(None);
+        self.idle_since.set(Some(Instant::now()));
+    }
+
+    fn on_write(&self, blocked: bool, shared: &Shared) {
+        match (blocked, self.write_blocked_since.get()) {
+            (true, None) => {
+                self.write_blocked_since.set(Some(Instant::now()));
+                shared.sweeper.notify_one();
+            }
+            (false, Some(_)) => self.write_blocked_since.set(None),
+            _ => {}
+        }
+    }
+}
+
+async fn run(listener: TcpListener, limits: Limits, spare: File, render: Rc<dyn Fn() -> String>) {
+    let shared = Rc::new(Shared {
+        limits,
+        conns: RefCell::new(HashMap::new()),
+        sweeper: Notify::new(),
+        spare: RefCell::new(Some(spare)),
+    });
+    tokio::task::spawn_local(sweep(shared.clone()));
+    let mut next_id = 0u64;
+    let mut warned: Option<Instant> = None;
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                if out_of_fds && shared.release_spare() {
+                    continue; // the spare's descriptor is free now: accept again at once
+                }
+                // No spare (a scrape holds it) or another error: back off instead of spinning; the
+                // listener stays. Warn at most once every 10 s.
+                if warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    tracing::warn!("metrics listener: accept failed: {e}");
+                    warned = Some(Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                shared.refill_spare();
+                continue;
+            }
+        };
+        next_id += 1;
+        let conn = Rc::new(Conn::new(next_id, Instant::now()));
+        {
+            let mut conns = shared.conns.borrow_mut();
+            while conns.len() >= limits.max_connections.max(1) {
+                let Some(victim) = conns
+                    .values()
+                    .min_by_key(|c| c.eviction_rank())
+                    .map(|c| c.id)
+                else {
+                    break;
+                };
+                if let Some(c) = conns.remove(&victim) {
+                    tracing::debug!(
+                        "metrics: {} admin connections: dropping #{} (idle or busy the longest)",
+                        limits.max_connections,
+                        c.id
+                    );
+                    c.kill.notify_one();
                 }
             }
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning; the listener stays.
-                tracing::warn!("metrics listener: accept failed: {e}");
-                thread::sleep(Duration::from_millis(200));
+            conns.insert(conn.id, conn.clone());
+        }
+        shared.sweeper.notify_one();
+        tokio::task::spawn_local(serve_conn(stream, conn, shared.clone(), render.clone()));
+    }
+}
+
+/// Drops connections whose deadline has passed; sleeps until the next deadline or a change.
+async fn sweep(shared: Rc<Shared>) {
+    loop {
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        shared.conns.borrow_mut().retain(|_, c| {
+            let (at, why) = c.deadline(&shared.limits);
+            if at <= now {
+                tracing::debug!("metrics: dropping admin connection #{}: {why}", c.id);
+                c.kill.notify_one();
+                false
+            } else {
+                next = Some(next.map_or(at, |n| n.min(at)));
+                true
+            }
+        });
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at.into()) => {}
+                    _ = shared.sweeper.notified() => {}
+                }
+            }
+            None => shared.sweeper.notified().await,
+        }
+    }
+}
+
+async fn serve_conn(
+    stream: TcpStream,
+    conn: Rc<Conn>,
+    shared: Rc<Shared>,
+    render: Rc<dyn Fn() -> String>,
+) {
+    let _ = stream.set_nodelay(true);
+    let io = TokioIo::new(Tracked {
+        stream,
+        conn: conn.clone(),
+        shared: shared.clone(),
+    });
+    let on_request = conn.clone();
+    let service = service_fn(move |req: Request<Incoming>| {
+        on_request.on_request();
+        let resp = respond(req.method(), req.uri().path(), &*render);
+        async move { Ok::<_, Infallible>(resp) }
+    });
+    {
+        let http = http1::Builder::new()
+            .keep_alive(true)
+            // `Content-Type`, as the exporter always wrote it (for clients that match header case).
+            .title_case_headers(true)
+            // Our own deadlines (hyper's would also cut idle keep-alive connections short).
+            .header_read_timeout(None)
+            .max_buf_size(MAX_HEAD)
+            .serve_connection(io, service);
+        tokio::select! {
+            biased;
+            _ = conn.kill.notified() => {}
+            res = http => {
+                if let Err(e) = res {
+                    tracing::debug!("metrics: admin connection #{}: {e}", conn.id);
+                }
             }
         }
     }
+    // The socket is closed (hyper's connection, which owned it, is dropped): its descriptor can
+    // become the spare again if that was given up.
+    shared.conns.borrow_mut().remove(&conn.id);
+    shared.refill_spare();
 }
 
-fn handle<F: Fn() -> String>(mut s: TcpStream, render: &F) -> io::Result<()> {
-    s.set_read_timeout(Some(IO_TIMEOUT))?;
-    s.set_write_timeout(Some(IO_TIMEOUT))?;
-    let head = read_head(&mut s)?;
-    let (status, content_type, body, head_only) = respond(&head, render);
-    let mut out = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
-    if status.starts_with("405") {
-        out.push_str("Allow: GET, HEAD\r\n");
-    }
-    out.push_str("\r\n");
-    s.write_all(out.as_bytes())?;
-    if !head_only {
-        s.write_all(body.as_bytes())?;
-    }
-    s.flush()
+/// The socket, telling its [`Conn`] when request bytes arrive and when the peer stops taking ours.
+struct Tracked {
+    stream: TcpStream,
+    conn: Rc<Conn>,
+    shared: Rc<Shared>,
 }
 
-/// Reads up to the end of the request head (the body of a GET, if any, is ignored).
-fn read_head(s: &mut TcpStream) -> io::Result<Vec<u8>> {
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 1024];
-    loop {
-        let n = s.read(&mut buf)?;
-        if n == 0 {
-            return Ok(head);
+impl AsyncRead for Tracked {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let res = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.conn.on_bytes_received(&this.shared);
         }
-        head.extend_from_slice(&buf[..n]);
-        if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
-            return Ok(head);
-        }
-        if head.len() > MAX_HEAD {
-            return Ok(head);
-        }
+        res
     }
 }
 
-/// (status line, content type, body, HEAD request).
-fn respond<F: Fn() -> String>(
-    head: &[u8],
-    render: &F,
-) -> (&'static str, &'static str, String, bool) {
-    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split_ascii_whitespace();
-    let (method, target) = match (parts.next(), parts.next(), parts.next()) {
-        (Some(m), Some(t), Some(v)) if v.starts_with("HTTP/1.") => (m, t),
-        _ => {
-            return (
-                "400 Bad Request",
-                "text/plain",
-                "bad request\n".into(),
-                false,
-            )
-        }
-    };
-    if head.len() > MAX_HEAD {
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let res = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.conn.on_write(res.is_pending(), &this.shared);
+        res
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let res = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.conn.on_write(res.is_pending(), &this.shared);
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+fn respond(method: &Method, path: &str, render: &dyn Fn() -> String) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = route(method, path, render);
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE_HEADER, HeaderValue::from_static(content_type));
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        resp.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+    }
+    resp
+}
+
+/// (status, content type, body). hyper answers `HEAD` with the headers of the `GET` and no body, and
+/// malformed or oversized requests with `400`/`431` before they get here.
+fn route(
+    method: &Method,
+    path: &str,
+    render: &dyn Fn() -> String,
+) -> (StatusCode, &'static str, String) {
+    if method != Method::GET && method != Method::HEAD {
         return (
-            "431 Request Header Fields Too Large",
-            "text/plain",
-            "request head too large\n".into(),
-            false,
-        );
-    }
-    let head_only = method == "HEAD";
-    if method != "GET" && !head_only {
-        return (
-            "405 Method Not Allowed",
+            StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "only GET and HEAD\n".into(),
-            false,
         );
     }
-    let path = target.split('?').next().unwrap_or(target);
     match path {
-        "/metrics" => ("200 OK", CONTENT_TYPE, render(), head_only),
+        "/metrics" => (StatusCode::OK, CONTENT_TYPE, render()),
         "/" => (
-            "200 OK",
+            StatusCode::OK,
             "text/html; charset=utf-8",
             "<html><body><a href=\"/metrics\">/metrics</a></body></html>\n".into(),
-            head_only,
         ),
         _ => (
-            "404 Not Found",
+            StatusCode::NOT_FOUND,
             "text/plain",
             "not found: try /metrics\n".into(),
-            head_only,
         ),
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn r(head: &str) -> (&'static str, String) {
-        let (status, _, body, _) = respond(head.as_bytes(), &|| "m 1\n".to_string());
-        (status, body)
-    }
-
-    #[test]
-    fn routes() {
-        assert_eq!(
-            r("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
-            ("200 OK", "m 1\n".into())
-        );
-        assert_eq!(r("GET /metrics?x=1 HTTP/1.0\r\n\r\n").0, "200 OK");
-        assert_eq!(r("GET /nope HTTP/1.1\r\n\r\n").0, "404 Not Found");
-        assert_eq!(
-            r("POST /metrics HTTP/1.1\r\n\r\n").0,
-            "405 Method Not Allowed"
-        );
-        assert_eq!(r("garbage\r\n\r\n").0, "400 Bad Request");
-        assert_eq!(r("").0, "400 Bad Request");
-        let (_, _, _, head_only) = respond(b"HEAD /metrics HTTP/1.1\r\n\r\n", &String::new);
-        assert!(head_only);
-    }
-
-    #[test]
-    fn serves_over_tcp() {
-        let addr = serve("127.0.0.1:0".parse().unwrap(), || "hello 1\n".to_string()).unwrap();
-        assert_ne!(addr.port(), 0);
-        // Deadlines on every step: a responder bug fails the test instead of hanging it.
-        let mut s = TcpStream::connect_timeout(&addr, ringhold_tests::secs(5)).unwrap();
-        s.set_read_timeout(Some(ringhold_tests::secs(10))).unwrap();
-        s.set_write_timeout(Some(ringhold_tests::secs(10))).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
-        assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
-        assert!(resp.contains("Content-Length: 8\r\n"), "{resp}");
-        assert!(resp.ends_with("\r\n\r\nhello 1\n"), "{resp}");
-    }
-}
+mod tests;

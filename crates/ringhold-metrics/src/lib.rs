@@ -1,5 +1,5 @@
 //! ringhold's metrics: per-shard counters flushed into pre-registered `metrics` handles, and a
-//! Prometheus text exporter on a small std::net thread.
+//! Prometheus text exporter on an admin thread of its own (hyper on a current-thread tokio runtime).
 //!
 //! What it is for: [`install`] sets the process-wide Prometheus recorder and serves `/metrics`;
 //! [`ShardMetrics`] holds one shard's handles, and the shard calls [`ShardMetrics::flush`] with its plain
@@ -7,7 +7,9 @@
 //!
 //! What it must not do: be touched per message. Shards count in their own integers; nothing here is on
 //! the per-message path, and a flush is a handful of relaxed stores into handles owned by that shard.
-//! No async runtime: the exporter is one blocking thread that renders on each scrape.
+//! The exporter's runtime lives on its own thread and renders on each scrape; it is never shared with
+//! the shards. Nor must a client of the admin port be able to blind it: see `http.rs` for the
+//! deadlines and the connection cap.
 
 mod http;
 pub mod names;

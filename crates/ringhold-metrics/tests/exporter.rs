@@ -28,7 +28,7 @@ fn request(addr: SocketAddr, req: &[u8]) -> String {
 fn scrape(addr: SocketAddr) -> String {
     let resp = request(
         addr,
-        b"GET /metrics HTTP/1.1\r\nHost: test\r\nAccept: */*\r\n\r\n",
+        b"GET /metrics HTTP/1.1\r\nHost: test\r\nAccept: */*\r\nConnection: close\r\n\r\n",
     );
     let (head, body) = resp.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
@@ -219,6 +219,6 @@ fn exporter_end_to_end() {
     }
 
     // Other paths and methods.
-    let resp = request(addr, b"GET /nope HTTP/1.1\r\n\r\n");
+    let resp = request(addr, b"GET /nope HTTP/1.1\r\nConnection: close\r\n\r\n");
     assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
 }

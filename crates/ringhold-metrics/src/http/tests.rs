@@ -1,0 +1,311 @@
+//! The admin endpoint over real loopback sockets, with short limits so that deadlines pass quickly.
+//! (End-to-end tests with the real binary on both engines: tests/tests/admin.rs.)
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+fn limits() -> Limits {
+    Limits {
+        max_connections: 4,
+        request_deadline: Duration::from_millis(1500),
+        write_deadline: Duration::from_secs(2),
+        keep_alive_idle: PATIENCE,
+    }
+}
+
+fn start(limits: Limits) -> SocketAddr {
+    let addr = serve_with("127.0.0.1:0".parse().unwrap(), limits, || {
+        "hello 1\n".to_string()
+    })
+    .unwrap();
+    assert_ne!(addr.port(), 0);
+    addr
+}
+
+/// Generous bound for anything that should take a fraction of a second.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s
+}
+
+/// One response read off `s`: (status, head, body), the body by its Content-Length (none for HEAD).
+fn read_response(s: &mut TcpStream, head_request: bool) -> (u16, String, String) {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => buf.push(byte[0]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            other => panic!("in a response head: {other:?}"),
+        }
+    }
+    let head = String::from_utf8(buf).unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; if head_request { 0 } else { len }];
+    s.read_exact(&mut body).unwrap();
+    (status, head, String::from_utf8(body).unwrap())
+}
+
+fn get(s: &mut TcpStream, path: &str) -> (u16, String, String) {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .unwrap();
+    read_response(s, false)
+}
+
+/// Waits for the server to close `s` (EOF or reset); returns how long it took.
+fn wait_closed(s: &mut TcpStream) -> Duration {
+    let t = Instant::now();
+    let mut buf = [0u8; 256];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return t.elapsed(),
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return t.elapsed(),
+            Err(e) => panic!("no close after {:?}: {e}", t.elapsed()),
+        }
+    }
+}
+
+#[test]
+fn routes() {
+    let r = |m: Method, p: &str| route(&m, p, &|| "m 1\n".to_string());
+    assert_eq!(
+        r(Method::GET, "/metrics"),
+        (StatusCode::OK, CONTENT_TYPE, "m 1\n".into())
+    );
+    assert_eq!(r(Method::HEAD, "/metrics").0, StatusCode::OK);
+    assert_eq!(r(Method::GET, "/").0, StatusCode::OK);
+    assert_eq!(r(Method::GET, "/nope").0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        r(Method::POST, "/metrics").0,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+}
+
+#[test]
+fn keep_alive_and_http_details() {
+    let addr = start(limits());
+    let mut s = connect(addr);
+    for _ in 0..3 {
+        let (status, head, body) = get(&mut s, "/metrics?x=1");
+        assert_eq!(status, 200, "{head}");
+        assert!(head.contains(CONTENT_TYPE), "{head}");
+        assert_eq!(body, "hello 1\n");
+    }
+    // HEAD: the GET's headers, no body (the next response on the connection proves it).
+    s.write_all(b"HEAD /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let (status, head, _) = read_response(&mut s, true);
+    assert_eq!(status, 200);
+    assert!(
+        head.to_ascii_lowercase().contains("content-length: 8"),
+        "{head}"
+    );
+    assert_eq!(get(&mut s, "/nope").0, 404);
+    s.write_all(b"POST /metrics HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+        .unwrap();
+    let (status, head, _) = read_response(&mut s, false);
+    assert_eq!(status, 405);
+    assert!(
+        head.to_ascii_lowercase().contains("allow: get, head"),
+        "{head}"
+    );
+    assert_eq!(get(&mut s, "/").0, 200);
+
+    // HTTP/1.0 and `Connection: close` end with EOF, as before.
+    let mut s = connect(addr);
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.0 200 OK\r\n"), "{resp}");
+    assert!(resp.ends_with("\r\n\r\nhello 1\n"), "{resp}");
+
+    // Garbage and oversized heads get hyper's answers.
+    let mut s = connect(addr);
+    s.write_all(b"garbage\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    let mut s = connect(addr);
+    let big = format!(
+        "GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n",
+        "a".repeat(MAX_HEAD * 2)
+    );
+    let _ = s.write_all(big.as_bytes());
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp:.80}");
+}
+
+#[test]
+fn silent_connections_do_not_delay_a_scrape_and_are_dropped() {
+    let l = limits();
+    let addr = start(Limits {
+        max_connections: 64,
+        ..l
+    });
+    let mut silent: Vec<TcpStream> = (0..20).map(|_| connect(addr)).collect();
+    let mut s = connect(addr);
+    assert_eq!(get(&mut s, "/metrics").2, "hello 1\n");
+    for q in &mut silent {
+        wait_closed(q);
+    }
+    // The keep-alive scraper is still there (it is not idle past its own limit yet).
+    assert_eq!(get(&mut s, "/metrics").0, 200);
+}
+
+#[test]
+fn slowloris_is_dropped_by_the_request_deadline() {
+    let l = limits();
+    let addr = start(l);
+    for first_request_done in [false, true] {
+        let mut s = connect(addr);
+        if first_request_done {
+            assert_eq!(get(&mut s, "/metrics").0, 200);
+        }
+        s.write_all(b"GET /metrics HTTP/1.1\r\n").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let t = Instant::now();
+        let mut buf = [0u8; 64];
+        let closed = loop {
+            assert!(t.elapsed() < PATIENCE, "slowloris still connected");
+            if s.write_all(b"X").is_err() {
+                break t.elapsed();
+            }
+            match s.read(&mut buf) {
+                Ok(0) => break t.elapsed(),
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => break t.elapsed(),
+                Ok(n) => panic!("unexpected answer {:?}", &buf[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => {} // timed out: send the next byte
+            }
+        };
+        assert!(closed >= l.request_deadline / 2, "{closed:?}");
+    }
+}
+
+#[test]
+fn at_the_cap_the_oldest_idle_connection_goes() {
+    let l = limits();
+    let addr = start(l);
+    let mut held: Vec<TcpStream> = (0..l.max_connections)
+        .map(|_| {
+            let mut s = connect(addr);
+            assert_eq!(get(&mut s, "/metrics").0, 200);
+            s
+        })
+        .collect();
+    let mut newcomer = connect(addr);
+    assert_eq!(get(&mut newcomer, "/metrics").2, "hello 1\n");
+    wait_closed(&mut held[0]);
+    for s in &mut held[1..] {
+        assert_eq!(get(s, "/metrics").0, 200);
+    }
+}
+
+#[test]
+fn idle_keep_alive_connection_is_closed_cleanly() {
+    let addr = start(Limits {
+        keep_alive_idle: Duration::from_secs(1),
+        ..limits()
+    });
+    let mut s = connect(addr);
+    assert_eq!(get(&mut s, "/metrics").0, 200);
+    let mut buf = [0u8; 16];
+    assert_eq!(s.read(&mut buf).unwrap(), 0, "FIN after the idle limit");
+}
+
+#[test]
+fn a_large_scrape_arrives_whole_twice_on_one_connection() {
+    let body = "y".repeat(3 << 20);
+    let expected = body.clone();
+    let addr = serve_with("127.0.0.1:0".parse().unwrap(), limits(), move || {
+        body.clone()
+    })
+    .unwrap();
+    let mut s = connect(addr);
+    for _ in 0..2 {
+        let (status, _, got) = get(&mut s, "/metrics");
+        assert_eq!(status, 200);
+        assert!(got == expected, "{} bytes", got.len());
+    }
+}
+
+#[test]
+fn response_not_read_is_dropped() {
+    let addr = serve_with("127.0.0.1:0".parse().unwrap(), limits(), || {
+        "x".repeat(8 << 20)
+    })
+    .unwrap();
+    // A small receive window, a request, and not a byte of the 8 MiB answer read.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let mut s: TcpStream = sock.into();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    // The server gives up on the write: its side of the connection leaves ESTABLISHED.
+    let client = s.local_addr().unwrap();
+    let t = Instant::now();
+    while tcp_state(addr, client) == Some(1) {
+        assert!(
+            t.elapsed() < PATIENCE,
+            "the server still holds the connection"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("after {got} bytes: {e}"),
+        }
+    }
+    assert!(
+        got < 8 << 20,
+        "the whole answer arrived: the write was not cut"
+    );
+}
+
+/// State of the IPv4 TCP socket `local -> remote` from /proc/net/tcp (1 = ESTABLISHED).
+fn tcp_state(local: SocketAddr, remote: SocketAddr) -> Option<u8> {
+    let hex = |a: SocketAddr| match a {
+        SocketAddr::V4(a) => format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(a.ip().octets()),
+            a.port()
+        ),
+        SocketAddr::V6(_) => unreachable!("IPv4 only"),
+    };
+    let (l, r) = (hex(local), hex(remote));
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .find_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f.get(1) == Some(&l.as_str()) && f.get(2) == Some(&r.as_str()))
+                .then(|| u8::from_str_radix(f[3], 16).unwrap())
+        })
+}
