@@ -128,6 +128,30 @@ impl ProtoState {
         }
     }
 
+    /// Whether the protocol can probe a quiet peer (a WebSocket ping), so that the idle clock asks
+    /// [`ProtoState::on_quiet`] halfway through before it closes.
+    pub fn probes(&self) -> bool {
+        match self {
+            ProtoState::Echo | ProtoState::Http(_) => false,
+        }
+    }
+
+    /// The peer has been quiet for half the idle timeout: send a probe if the protocol has one.
+    /// Returns whether it did.
+    pub fn on_quiet(&mut self, _stats: &mut ProtoStats, _sink: &mut impl Sink) -> bool {
+        match self {
+            ProtoState::Echo | ProtoState::Http(_) => false,
+        }
+    }
+
+    /// The server closes for its own reason (idle timeout, drain): the protocol's goodbye, if it has
+    /// one (a WebSocket close frame 1001), goes out before the FIN.
+    pub fn on_server_close(&mut self, _stats: &mut ProtoStats, _sink: &mut impl Sink) {
+        match self {
+            ProtoState::Echo | ProtoState::Http(_) => {}
+        }
+    }
+
     /// The peer sent FIN; everything it sent before was handed to `on_input`.
     pub fn on_peer_fin(
         &mut self,

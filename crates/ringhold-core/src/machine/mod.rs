@@ -139,12 +139,14 @@ struct Limiter {
     reads_since_check: u16,
 }
 
-/// Wheel ticks of the three clocks (0 = that clock is off).
+/// Wheel ticks of the three clocks (0 = that clock is off), and of the keep-alive probe (half the
+/// idle timeout, for protocols that have one; 0 = none).
 #[derive(Clone, Copy, Debug)]
 struct Ticks {
     idle: u32,
     send: u32,
     linger: u32,
+    probe: u32,
 }
 
 /// A deadline that is not one: the wheel parks the entry at its far end and looks again then.
@@ -245,6 +247,11 @@ impl Machine {
                 idle: ticks(lim.idle_timeout),
                 send: ticks(lim.send_timeout),
                 linger: ticks(Some(lim.linger_timeout)),
+                probe: if lim.protocol.start().probes() {
+                    ticks(lim.idle_timeout.map(|d| d / 2))
+                } else {
+                    0
+                },
             },
             wheel,
             shared,
@@ -581,6 +588,8 @@ impl Machine {
         if c.out.is_empty() {
             return;
         }
+        // Progress: the stall clock starts again, and once the queue is empty the idle clock runs
+        // from here (we had bytes for the peer until now, so it was not idle).
         c.stamp = tick;
         let before = c.queued;
         let r = self.out.consume(&mut c.out, n);
@@ -973,6 +982,19 @@ impl Machine {
             return;
         }
         self.count_close(idx, gen, reason);
+        if matches!(reason, CloseReason::IdleTimeout | CloseReason::Shutdown) {
+            // The protocol's goodbye (a WebSocket close frame) before our FIN.
+            let c = self.slots.get_mut(idx, gen).expect("live");
+            let mut rec = Recorder {
+                said: &mut self.said,
+                generated: &mut self.generated,
+            };
+            c.proto.on_server_close(&mut self.counters.proto, &mut rec);
+            let before = c.queued;
+            self.replay_copies(idx, gen, &[]);
+            let after = self.slots.get(idx, gen).map_or(0, |c| c.queued);
+            self.note_holding(before, after);
+        }
         // Held input (never to complete now) is given back when the slot is released.
         self.slots
             .get_mut(idx, gen)
@@ -1015,6 +1037,28 @@ impl Machine {
                 }
             }
         }
+    }
+
+    /// Asks the protocol to probe a quiet peer (it may have nothing to send yet, e.g. before a
+    /// WebSocket handshake), and puts the connection back on the wheel for the rest of its idle time.
+    fn probe(&mut self, idx: u32, gen: u32) {
+        let c = self.slots.get_mut(idx, gen).expect("live");
+        c.set(flag::PROBED);
+        let mut rec = Recorder {
+            said: &mut self.said,
+            generated: &mut self.generated,
+        };
+        if !c.proto.on_quiet(&mut self.counters.proto, &mut rec) {
+            // Nothing went out (so no send moves the clock): the rest of the idle time runs from
+            // the probe's time all the same.
+            c.stamp = c.stamp.wrapping_add(self.ticks.probe);
+        }
+        let before = c.queued;
+        self.replay_copies(idx, gen, &[]);
+        let after = self.slots.get(idx, gen).map_or(0, |c| c.queued);
+        self.note_holding(before, after);
+        self.sync(idx, gen);
+        self.schedule(idx, gen);
     }
 
     // ------------------------------------------------------------------ clocks
@@ -1082,6 +1126,10 @@ impl Machine {
                 self.close_now(idx, gen, CloseReason::Shutdown);
             } else if c.output_pending() {
                 self.close_now(idx, gen, CloseReason::SendTimeout);
+            } else if self.ticks.probe > 0 && !c.has(flag::PROBED) {
+                // Quiet for half the idle timeout: probe (a WebSocket ping); a pong, or any byte,
+                // counts as activity. The idle timeout itself still ends it.
+                self.probe(idx, gen);
             } else {
                 self.close_gracefully(idx, gen, CloseReason::IdleTimeout);
             }
@@ -1124,6 +1172,14 @@ fn deadline(c: &Conn, now: u32, t: Ticks) -> Option<u32> {
     if c.has(flag::THROTTLED | flag::WAIT_BUFFER | flag::FLUSH_CLOSE) {
         // We are the ones not reading: not idle. Looked at again one timeout from now.
         return Some(now.saturating_add(t.idle));
+    }
+    if t.probe > 0 {
+        // Half the idle time to the probe; the probe's send moves the stamp, then the other half.
+        return Some(c.stamp.wrapping_add(if c.has(flag::PROBED) {
+            t.idle.saturating_sub(t.probe).max(1)
+        } else {
+            t.probe
+        }));
     }
     Some(c.stamp.wrapping_add(t.idle))
 }
