@@ -49,6 +49,8 @@ pub(crate) struct State {
     pub(crate) accept_resume_at: Option<Instant>,
     pub(crate) refused_in_flight: u32,
     last_flush: Instant,
+    /// Min-wait batching of completions, where the kernel has it.
+    batch: Option<ring::Batch>,
 }
 
 impl Shard {
@@ -92,6 +94,13 @@ impl Shard {
             interval: Duration::ZERO,
             count: 0,
         });
+        let batch = cfg
+            .completion_batch
+            .filter(|_| ring.params().is_feature_min_timeout())
+            .map(|(want, usec)| ring::Batch {
+                want: want as usize,
+                min_wait_usec: usec,
+            });
         let st = State {
             id,
             listener,
@@ -113,6 +122,7 @@ impl Shard {
             accept_resume_at: None,
             refused_in_flight: 0,
             last_flush: now,
+            batch,
         };
         Ok(Shard { ring, st })
     }
@@ -131,7 +141,7 @@ impl Shard {
         loop {
             io.sq.sync();
             io.submits += io.sq.len() as u64;
-            ring::submit_and_wait(&io.sub, st.next_wakeup())?;
+            ring::submit_and_wait_batch(&io.sub, st.next_wakeup(), st.batch)?;
             io.sq.sync();
             cq.sync();
             let overflow = cq.overflow();

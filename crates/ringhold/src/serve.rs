@@ -120,6 +120,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         check_every: args.check_every,
         max_conn_rate: args.max_conn_rate,
         direct_descriptors: direct,
+        completion_batch: args.completion_batch.0,
         fixed_files: fixed_files.min(u32::MAX as u64) as u32,
     });
     let shared = Arc::new(Shared::with_conn_rate(

@@ -33,6 +33,7 @@ const FLAGS: &[(&str, &str)] = &[
     ("--backlog", "RINGHOLD_BACKLOG"),
     ("--shutdown-timeout", "RINGHOLD_SHUTDOWN_TIMEOUT"),
     ("--metrics-listen", "RINGHOLD_METRICS_LISTEN"),
+    ("--completion-batch", "RINGHOLD_COMPLETION_BATCH"),
     ("--no-direct-descriptors", "RINGHOLD_NO_DIRECT_DESCRIPTORS"),
     ("--fixed-files", "RINGHOLD_FIXED_FILES"),
     ("--max-conn-rate", "RINGHOLD_MAX_CONN_RATE"),
