@@ -5,7 +5,8 @@
 //! per-connection chains of in-flight buffers ([`pool`]), the per-shard slot slab with generations
 //! ([`slab`]), the coarse idle-timeout wheel ([`wheel`]), token buckets ([`bucket`]), shard-wide
 //! counters ([`counters`]), the process-wide admission state ([`shared`]), the engine configuration
-//! ([`config`]) and the human-unit parsers used by the CLI ([`units`]).
+//! ([`config`]), the human-unit parsers used by the CLI ([`units`]) and the sans-IO protocols behind
+//! the [`protocol`] seam ([`ws`]: the WebSocket echo).
 //!
 //! What this crate must not do: open sockets, make syscalls, spawn threads, allocate per message or per
 //! idle connection, or know which engine runs it.
@@ -21,6 +22,7 @@ pub mod shared;
 pub mod slab;
 pub mod units;
 pub mod wheel;
+pub mod ws;
 
 pub use config::{EngineConfig, Keepalive};
 pub use conn::Conn;
