@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-pub use plan::{LoadArgs, SetupMode, Sources};
+pub use plan::{LoadArgs, LoadProtocol, SetupMode, Sources};
 
 use plan::Plan;
 use report::Outcome;

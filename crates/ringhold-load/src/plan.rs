@@ -88,6 +88,30 @@ pub struct LoadArgs {
     /// ring's table and close it), `auto` (ring when the kernel has IORING_OP_BIND).
     #[arg(long, env = "RINGHOLD_SETUP", value_enum, default_value = "auto")]
     pub setup: SetupMode,
+
+    /// What to speak: `echo` (raw TCP: heartbeats are bytes echoed back as they are) or `websocket`
+    /// (an RFC 6455 upgrade first, `GET /` with a fresh Sec-WebSocket-Key per connection whose
+    /// Sec-WebSocket-Accept is checked; heartbeats are masked binary messages of --message-size
+    /// payload bytes, masks from a fast RNG, and each echo must come back as one unmasked binary
+    /// frame, byte for byte; pings from the server are answered with pongs; a close frame from the
+    /// server counts as `closed by server`).
+    #[arg(long, env = "RINGHOLD_PROTOCOL", value_enum, default_value = "echo")]
+    pub protocol: LoadProtocol,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadProtocol {
+    Echo,
+    Websocket,
+}
+
+impl LoadProtocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            LoadProtocol::Echo => "echo",
+            LoadProtocol::Websocket => "websocket",
+        }
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,6 +188,7 @@ pub struct Plan {
     pub slots_per_ring: u32,
     pub max_pending: u32,
     pub setup: SetupMode,
+    pub protocol: LoadProtocol,
     /// Notes for the user (e.g. why there are more workers than asked for).
     pub notes: Vec<String>,
 }
@@ -258,6 +283,7 @@ impl Plan {
             slots_per_ring,
             max_pending: a.max_pending,
             setup: a.setup,
+            protocol: a.protocol,
             notes,
         })
     }

@@ -3,91 +3,12 @@
 //! (a few seconds) and stays far below the fd limit (the load side holds no process fds per
 //! connection; the Python server holds one per connection).
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitCode, Stdio};
+mod common;
 
-use clap::Parser;
-use ringhold_load::LoadArgs;
+use std::process::ExitCode;
+
+use common::{load, n, EchoServer};
 use serde_json::Value;
-
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    load: LoadArgs,
-}
-
-/// A Python echo server on 127.0.0.1:0, killed on drop.
-struct EchoServer {
-    child: Child,
-    addr: String,
-}
-
-impl EchoServer {
-    /// `None` (with the reason printed) when python3 is missing.
-    fn start(extra: &[&str]) -> Option<EchoServer> {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/echo_server.py");
-        let child = Command::new("python3")
-            .arg(script)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .spawn();
-        let mut child = match child {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("SKIPPED: python3 is needed for the echo server: {e}");
-                return None;
-            }
-        };
-        let mut line = String::new();
-        let out = child.stdout.take().expect("piped stdout");
-        BufReader::new(out)
-            .read_line(&mut line)
-            .expect("reading the server's first line");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .expect("'listening on ADDR'")
-            .to_string();
-        Some(EchoServer { child, addr })
-    }
-}
-
-impl Drop for EchoServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn json_path(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("ringhold-load-{name}-{}.json", std::process::id()))
-}
-
-/// Runs `ringhold load` with `args` in this process; returns its exit code and its JSON report.
-fn load(target: &str, name: &str, args: &[&str]) -> (ExitCode, Value) {
-    let json = json_path(name);
-    let json_s = json.to_string_lossy().to_string();
-    let mut argv = vec!["load", "--target", target, "--json", &json_s];
-    argv.extend_from_slice(args);
-    let cli = Cli::try_parse_from(argv).expect("valid flags");
-    let code = ringhold_load::run(cli.load);
-    let text = std::fs::read_to_string(&json).expect("the --json file was written");
-    let _ = std::fs::remove_file(&json);
-    (
-        code,
-        serde_json::from_str(&text).expect("--json output parses"),
-    )
-}
-
-fn n(v: &Value, path: &str) -> u64 {
-    let mut cur = v;
-    for k in path.split('.') {
-        cur = &cur[k];
-    }
-    cur.as_u64()
-        .unwrap_or_else(|| panic!("{path} is not a number in {v:#}"))
-}
 
 #[test]
 fn holds_1000_connections_from_4_sources_and_verifies_every_echo() {

@@ -132,6 +132,15 @@ impl Worker {
         self.c.connected += 1;
         self.c.alive += 1;
         self.arm_recv(slot);
+        if self.websocket() {
+            self.ws_start(slot);
+        } else {
+            self.start_heartbeats(slot);
+        }
+    }
+
+    /// The first heartbeat now, then one every period.
+    pub(super) fn start_heartbeats(&mut self, slot: u32) {
         if self.period_us > 0 {
             let now = self.now_us();
             self.send_heartbeat(slot, now, now);
@@ -160,7 +169,7 @@ impl Worker {
             if conn.state != ST_OPEN {
                 continue;
             }
-            if conn.flags & (F_AWAIT | F_SEND) != 0 {
+            if conn.flags & (F_AWAIT | F_SEND) != 0 || conn.ws & W_CTRL_SEND != 0 {
                 self.c.late += 1;
             } else {
                 self.send_heartbeat(slot, at_us, now);
@@ -180,22 +189,18 @@ impl Worker {
         conn.intended_us = intended_us;
         conn.flags |= F_AWAIT | F_SEND;
         let seq = conn.seq;
-        let b = match self.free_sends.pop() {
-            Some(b) => b,
-            None => {
-                self.sends.push(SendBuf {
-                    data: vec![0u8; self.plan.message_size].into_boxed_slice(),
-                    slot: 0,
-                    off: 0,
-                });
-                (self.sends.len() - 1) as u32
-            }
-        };
+        let size = self.plan.message_size;
+        let mask = self.websocket().then(|| self.next_mask());
+        let b = self.alloc_send(slot, false);
         let sb = &mut self.sends[b as usize];
-        pattern::fill(&mut sb.data, id, seq);
-        sb.slot = slot;
-        sb.off = 0;
-        let e = opcode::Send::new(Fixed(slot), sb.data.as_ptr(), sb.data.len() as u32)
+        sb.len = match mask {
+            None => {
+                pattern::fill(&mut sb.data[..size], id, seq);
+                size as u32
+            }
+            Some(mask) => ws::heartbeat_frame(&mut sb.data, size, id, seq, mask) as u32,
+        };
+        let e = opcode::Send::new(Fixed(slot), sb.data.as_ptr(), sb.len)
             .build()
             .user_data(ud(OP_SEND, b));
         self.c.sent += 1;
@@ -208,6 +213,28 @@ impl Worker {
         self.push(&[e]);
     }
 
+    /// A send buffer for `slot` (from the pool, or a new one), marked in flight.
+    pub(super) fn alloc_send(&mut self, slot: u32, ctrl: bool) -> u32 {
+        let b = match self.free_sends.pop() {
+            Some(b) => b,
+            None => {
+                self.sends.push(SendBuf {
+                    data: vec![0u8; self.send_cap].into_boxed_slice(),
+                    len: 0,
+                    slot: 0,
+                    off: 0,
+                    ctrl: false,
+                });
+                (self.sends.len() - 1) as u32
+            }
+        };
+        let sb = &mut self.sends[b as usize];
+        sb.slot = slot;
+        sb.off = 0;
+        sb.ctrl = ctrl;
+        b
+    }
+
     pub(super) fn on_send(&mut self, b: u32, res: i32) {
         let Some(sb) = self.sends.get_mut(b as usize) else {
             return;
@@ -217,8 +244,8 @@ impl Worker {
         if res > 0 {
             self.c.bytes_sent += res as u64;
             sb.off += res as u32;
-            if (sb.off as usize) < sb.data.len() && open {
-                let rest = &sb.data[sb.off as usize..];
+            if sb.off < sb.len && open {
+                let rest = &sb.data[sb.off as usize..sb.len as usize];
                 let e = opcode::Send::new(Fixed(slot), rest.as_ptr(), rest.len() as u32)
                     .build()
                     .user_data(ud(OP_SEND, b));
@@ -226,8 +253,16 @@ impl Worker {
                 return;
             }
         }
+        let ctrl = sb.ctrl;
         self.free_sends.push(b);
-        self.conns[slot as usize].flags &= !F_SEND;
+        if ctrl {
+            self.conns[slot as usize].ws &= !W_CTRL_SEND;
+        } else {
+            self.conns[slot as usize].flags &= !F_SEND;
+        }
+        if res > 0 && open {
+            self.ws_send_waiting_pong(slot);
+        }
         if res < 0 {
             self.fail(slot, Cause::from_errno(-res), -res);
         } else if res == 0 && open {
@@ -241,7 +276,16 @@ impl Worker {
             let n = res as usize;
             self.c.bytes_received += n as u64;
             if let Some(bid) = cqueue::buffer_select(flags) {
-                if self.conns[slot as usize].state == ST_OPEN && !self.check_echo(slot, bid, n) {
+                if self.conns[slot as usize].state != ST_OPEN {
+                } else if self.websocket() {
+                    let mut data = std::mem::take(&mut self.scratch);
+                    data.clear();
+                    data.extend_from_slice(self.bufs.data(bid, n));
+                    if let Err(cause) = self.ws_input(slot, &data) {
+                        self.fail(slot, cause, 0);
+                    }
+                    self.scratch = data;
+                } else if !self.check_echo(slot, bid, n) {
                     self.fail(slot, Cause::Mismatch, 0);
                 }
                 self.bufs.push(bid);
@@ -279,17 +323,22 @@ impl Worker {
         if n > size - got || !pattern::verify(self.bufs.data(bid, n), id, conn.seq, got) {
             return false;
         }
-        let conn = &mut self.conns[slot as usize];
-        conn.got += n as u32;
-        if conn.got as usize == size {
-            conn.flags &= !F_AWAIT;
-            let intended = conn.intended_us;
-            self.c.echoed += 1;
-            self.c.outstanding = self.c.outstanding.saturating_sub(1);
-            let now = self.now_us();
-            self.lat.push(now.saturating_sub(intended).max(1));
+        self.conns[slot as usize].got += n as u32;
+        if got + n == size {
+            self.echo_complete(slot);
         }
         true
+    }
+
+    /// The heartbeat being awaited came back whole and intact.
+    pub(super) fn echo_complete(&mut self, slot: u32) {
+        let conn = &mut self.conns[slot as usize];
+        conn.flags &= !F_AWAIT;
+        let intended = conn.intended_us;
+        self.c.echoed += 1;
+        self.c.outstanding = self.c.outstanding.saturating_sub(1);
+        let now = self.now_us();
+        self.lat.push(now.saturating_sub(intended).max(1));
     }
 
     pub(super) fn expire_echoes(&mut self, now: u64) {
@@ -319,6 +368,13 @@ impl Worker {
         if cancel {
             conn.flags |= F_CANCEL;
         }
+        if conn.ws & W_KEPT != 0 {
+            self.ws_kept.remove(&slot);
+        }
+        if conn.ws & W_PONG_WAITS != 0 {
+            self.ws_pongs.remove(&slot);
+        }
+        conn.ws &= !(W_KEPT | W_PONG_WAITS);
         self.c.alive = self.c.alive.saturating_sub(1);
         if awaiting {
             self.c.outstanding = self.c.outstanding.saturating_sub(1);
@@ -337,7 +393,10 @@ impl Worker {
     /// Closes a dead connection's slot once nothing is in flight for it.
     pub(super) fn maybe_close(&mut self, slot: u32) {
         let conn = &mut self.conns[slot as usize];
-        if conn.state == ST_DEAD && conn.flags & (F_RECV | F_SEND | F_CANCEL | F_CLOSING) == 0 {
+        if conn.state == ST_DEAD
+            && conn.flags & (F_RECV | F_SEND | F_CANCEL | F_CLOSING) == 0
+            && conn.ws & W_CTRL_SEND == 0
+        {
             conn.flags |= F_CLOSING;
             let e = opcode::Close::new(Fixed(slot))
                 .build()
