@@ -76,7 +76,7 @@ fn messages_with_16_and_64_bit_lengths() {
 
 #[test]
 fn the_servers_pings_are_answered_idle_or_busy() {
-    // The server pings every 200 ms and drops a connection whose pong is 200 ms late.
+    // The server pings every 200 ms and drops a connection whose pong is 1 s late.
     for interval in ["0", "70ms"] {
         let Some(server) = EchoServer::start_websockets(&["--ping-interval", "0.2"]) else {
             return;

@@ -5,7 +5,7 @@
 Usage: ws_echo_server.py [--ping-interval SECONDS] [--corrupt] [--close-after N] [--refuse]
 Listens on 127.0.0.1 (port 0), prints 'listening on 127.0.0.1:PORT' on stdout.
 --ping-interval S: the library pings every connection every S seconds and closes those that do not
-answer within S seconds (tests automatic pongs). --corrupt: flip one bit of the last byte of the
+answer within max(1, 5 S) seconds (tests automatic pongs; generous, so a busy host does not matter). --corrupt: flip one bit of the last byte of the
 second message echoed on each connection. --close-after N: close (1000) after echoing N messages.
 --refuse: answer every upgrade with HTTP 403.
 Exits with 3 when `websockets` is not importable.
@@ -67,7 +67,7 @@ def main():
             "127.0.0.1",
             0,
             ping_interval=ping_interval,
-            ping_timeout=ping_interval,
+            ping_timeout=None if ping_interval is None else max(1.0, 5 * ping_interval),
             max_size=1 << 21,
             compression=None,
             process_request=process_request,
