@@ -120,6 +120,21 @@ impl Client {
         self.stdin = None;
     }
 
+    /// The next stdout line, or `None` when the client closed its stdout (exited) without one;
+    /// waits at most `timeout`, then panics with the client's stderr.
+    pub fn try_line(&mut self, timeout: Duration) -> Option<String> {
+        match self.lines.recv_timeout(timeout) {
+            Ok(l) => Some(l),
+            Err(mpsc::RecvTimeoutError::Disconnected) => None,
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!(
+                "{}: no output line within {timeout:?} (status {:?}); stderr:\n{}",
+                self.name,
+                self.child.try_wait().ok().flatten(),
+                self.stderr()
+            ),
+        }
+    }
+
     /// The next stdout line, waiting at most `timeout`; panics with the client's stderr otherwise.
     pub fn line(&mut self, timeout: Duration) -> String {
         match self.lines.recv_timeout(timeout) {

@@ -19,7 +19,8 @@ use crate::sources::{
 heartbeat every --interval (or --rate messages per second in total) and verifies every echoed byte. \
 With --protocol http the heartbeats are HTTP/1.1 keep-alive GETs (`?length=N`), each answer checked for \
 status 200 and its body length; --http-kit runs the http-kit client pattern (random lengths, random \
-pauses after each answer). \
+pauses after each answer). With --protocol websocket each connection upgrades first (RFC 6455) and its \
+heartbeats are masked binary messages, each echo checked byte for byte. \
 Connections use io_uring direct descriptors, so one process holds far more connections than its fd limit \
 (RLIMIT_NOFILE bounds each ring's fixed-file table, not the total). Exits 0 when every connection was \
 made and held and every heartbeat came back intact, 1 otherwise, 2 on a usage or setup error."
@@ -52,13 +53,19 @@ pub struct LoadArgs {
     #[arg(long, env = "RINGHOLD_SOURCES", default_value = "auto", value_parser = parse_sources)]
     pub sources: Sources,
 
-    /// What to speak: `echo` (heartbeats echoed byte for byte) or `http` (HTTP/1.1 keep-alive GETs,
-    /// each answer checked for status 200 and its body length).
+    /// What to speak: `echo` (raw TCP: heartbeats echoed byte for byte), `http` (HTTP/1.1 keep-alive
+    /// GETs, each answer checked for status 200 and its body length) or `websocket` (an RFC 6455
+    /// upgrade first, `GET /` with a fresh Sec-WebSocket-Key per connection whose
+    /// Sec-WebSocket-Accept is checked; heartbeats are masked binary messages of --message-size
+    /// payload bytes, masks from a fast RNG, and each echo must come back as one unmasked binary
+    /// frame, byte for byte; pings from the server are answered with pongs; a close frame from the
+    /// server counts as `closed by server`).
     #[arg(long, env = "RINGHOLD_PROTOCOL", value_enum, default_value = "echo")]
     pub protocol: LoadProtocol,
 
-    /// Heartbeat size: echo, at least 8 bytes (connection id and sequence number, then a checked
-    /// pattern; default 64); http, the body length each GET asks for with `?length=N` (default 1024).
+    /// Heartbeat size: echo and websocket (the message's payload), at least 8 bytes (connection id
+    /// and sequence number, then a checked pattern; default 64); http, the body length each GET asks
+    /// for with `?length=N` (default 1024).
     #[arg(long, env = "RINGHOLD_MESSAGE_SIZE", value_parser = parse_size)]
     pub message_size: Option<u64>,
 
@@ -127,6 +134,7 @@ pub struct LoadArgs {
 pub enum LoadProtocol {
     Echo,
     Http,
+    Websocket,
 }
 
 impl LoadProtocol {
@@ -134,6 +142,7 @@ impl LoadProtocol {
         match self {
             LoadProtocol::Echo => "echo",
             LoadProtocol::Http => "http",
+            LoadProtocol::Websocket => "websocket",
         }
     }
 }
@@ -263,17 +272,17 @@ impl Plan {
         let message_size =
             usize::try_from(a.message_size.unwrap_or(http_default)).unwrap_or(usize::MAX);
         let min_size = match a.protocol {
-            LoadProtocol::Echo => pattern::MIN_SIZE,
+            LoadProtocol::Echo | LoadProtocol::Websocket => pattern::MIN_SIZE,
             LoadProtocol::Http => 1,
         };
         if !(min_size..=(1 << 20)).contains(&message_size) {
             return Err(format!("--message-size must be {min_size} B..1 MiB"));
         }
         let http = match a.protocol {
-            LoadProtocol::Echo if a.http_kit => {
+            LoadProtocol::Echo | LoadProtocol::Websocket if a.http_kit => {
                 return Err("--http-kit needs --protocol http".into())
             }
-            LoadProtocol::Echo => None,
+            LoadProtocol::Echo | LoadProtocol::Websocket => None,
             LoadProtocol::Http => Some(http_plan(a)?),
         };
         let period = match a.rate {

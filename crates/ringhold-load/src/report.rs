@@ -7,7 +7,7 @@ use hdrhistogram::Histogram;
 use ringhold_core::units::fmt_bytes;
 use serde_json::{json, Value};
 
-use crate::plan::Plan;
+use crate::plan::{LoadProtocol, Plan};
 use crate::stats::{Cause, Counts, CAUSES};
 
 /// Formats microseconds for people.
@@ -171,8 +171,9 @@ impl Outcome<'_> {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "ringhold load: {} connections to {} from {} source address(es), {} workers (setup: {}), {}",
+            "ringhold load: {} {} connections to {} from {} source address(es), {} workers (setup: {}), {}",
             p.connections,
+            p.protocol.name(),
             p.target,
             sources_desc(p),
             p.workers,
@@ -232,6 +233,13 @@ impl Outcome<'_> {
                     h.len()
                 );
             }
+        }
+        if p.protocol == LoadProtocol::Websocket {
+            let _ = writeln!(
+                s,
+                "  websocket      upgrades {}  pings from the server {}  pongs sent {}",
+                c.ws_upgrades, c.ws_pings, c.ws_pongs
+            );
         }
         if let (Some(start), Some(peak)) = (self.rss_start, self.rss_peak) {
             let per = self.bytes_per_conn().map_or(String::new(), |b| {
@@ -376,6 +384,11 @@ impl Outcome<'_> {
             "bytes": { "sent": c.bytes_sent, "received": c.bytes_received },
             "latency_us": latency,
             "recv_nobufs": c.recv_nobufs,
+            "websocket": (p.protocol == LoadProtocol::Websocket).then(|| json!({
+                "upgrades": c.ws_upgrades,
+                "pings_received": c.ws_pings,
+                "pongs_sent": c.ws_pongs,
+            })),
             "kernel": {
                 "tcp_mem_peak_pages": self.tcp_mem_peak,
                 "tcp_mem_pressure_pages": crate::kernel::tcp_mem_limits().map(|l| l.1),

@@ -17,10 +17,11 @@ pub enum Cause {
     BadStatus,
     Closed,
     NoMemory,
+    Handshake,
     Other,
 }
 
-pub const CAUSES: [Cause; 10] = [
+pub const CAUSES: [Cause; 11] = [
     Cause::Refused,
     Cause::Reset,
     Cause::TimedOut,
@@ -30,6 +31,7 @@ pub const CAUSES: [Cause; 10] = [
     Cause::BadStatus,
     Cause::Closed,
     Cause::NoMemory,
+    Cause::Handshake,
     Cause::Other,
 ];
 
@@ -66,6 +68,7 @@ impl Cause {
             Cause::BadStatus => "bad_status",
             Cause::Closed => "closed_by_server",
             Cause::NoMemory => "no_memory",
+            Cause::Handshake => "handshake",
             Cause::Other => "other",
         }
     }
@@ -82,6 +85,7 @@ impl Cause {
             Cause::BadStatus => "bad status",
             Cause::Closed => "closed by server",
             Cause::NoMemory => "no memory",
+            Cause::Handshake => "handshake",
             Cause::Other => "other",
         }
     }
@@ -119,6 +123,10 @@ impl Cause {
                 "the server closed connections: check its idle timeout (--idle-timeout) and connection limit"
             }
             Cause::NoMemory => "the kernel ran out of socket memory: check net.ipv4.tcp_mem and free memory",
+            Cause::Handshake => {
+                "the WebSocket upgrade was refused or wrong (no 101, a wrong Sec-WebSocket-Accept, an \
+                 extension or subprotocol nobody asked for): is --target a WebSocket server?"
+            }
             Cause::Other => "unexpected error (see the errno in the summary)",
         }
     }
@@ -150,6 +158,11 @@ pub struct Counts {
     pub bytes_received: u64,
     /// Multishot receives ended by an empty buffer ring (re-armed at once).
     pub recv_nobufs: u64,
+    /// `--protocol websocket`: upgrades answered with a valid 101.
+    pub ws_upgrades: u64,
+    /// `--protocol websocket`: pings received from the server / pongs sent back.
+    pub ws_pings: u64,
+    pub ws_pongs: u64,
     /// Microseconds from start until this worker had an outcome for all its connections (0: not yet).
     pub ramp_done_us: u64,
     /// The last errno counted as `Cause::Other` (0: none).
@@ -178,6 +191,9 @@ impl Counts {
         self.bytes_sent += o.bytes_sent;
         self.bytes_received += o.bytes_received;
         self.recv_nobufs += o.recv_nobufs;
+        self.ws_upgrades += o.ws_upgrades;
+        self.ws_pings += o.ws_pings;
+        self.ws_pongs += o.ws_pongs;
         self.ramp_done_us = self.ramp_done_us.max(o.ramp_done_us);
         if o.other_errno != 0 {
             self.other_errno = o.other_errno;

@@ -9,92 +9,13 @@
 //! are scaled by RINGHOLD_TEST_TIMEOUT_SCALE like every deadline of the tests; python3 missing is a
 //! SKIP, and a failure under `CI`.
 
-use std::path::PathBuf;
-use std::process::{Command, ExitCode};
+mod common;
 
-use clap::Parser;
-use ringhold_load::LoadArgs;
-use ringhold_tests::tools::{python3, Client};
+use std::process::ExitCode;
+
+use common::{load, n, EchoServer};
 use ringhold_tests::{flag_ms, secs, serial};
 use serde_json::Value;
-
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    load: LoadArgs,
-}
-
-/// A Python echo (or HTTP) server on 127.0.0.1:0, killed on drop.
-struct EchoServer {
-    _child: Client,
-    addr: String,
-}
-
-impl EchoServer {
-    /// `None` when python3 is missing (after printing SKIP; under `CI` that panics instead).
-    fn start(test: &str, extra: &[&str]) -> Option<EchoServer> {
-        Self::start_script(test, "tests/echo_server.py", extra)
-    }
-
-    /// Python's http.server, HTTP/1.1 keep-alive, answering `?length=N`.
-    fn start_http(test: &str, extra: &[&str]) -> Option<EchoServer> {
-        Self::start_script(test, "tests/http_server.py", extra)
-    }
-
-    fn start_script(test: &str, script: &str, extra: &[&str]) -> Option<EchoServer> {
-        let python = python3(test)?;
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(script);
-        let mut cmd = Command::new(python);
-        cmd.arg("-u").arg(script).args(extra);
-        let mut child = Client::spawn(cmd);
-        let line = child.line(secs(20));
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("echo_server.py: expected 'listening on ADDR', got {line:?}"))
-            .to_string();
-        Some(EchoServer {
-            _child: child,
-            addr,
-        })
-    }
-}
-
-fn json_path(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("ringhold-load-{name}-{}.json", std::process::id()))
-}
-
-/// Runs `ringhold load` with `args` in this process; returns its exit code and its JSON report.
-/// Connect and echo timeouts are 5 s scaled unless `args` sets them.
-fn load(target: &str, name: &str, args: &[&str]) -> (ExitCode, Value) {
-    let json = json_path(name);
-    let json_s = json.to_string_lossy().to_string();
-    let timeout = flag_ms(secs(5));
-    let mut argv = vec!["load", "--target", target, "--json", &json_s];
-    for flag in ["--connect-timeout", "--echo-timeout"] {
-        if !args.contains(&flag) {
-            argv.extend_from_slice(&[flag, &timeout]);
-        }
-    }
-    argv.extend_from_slice(args);
-    let cli = Cli::try_parse_from(argv).expect("valid flags");
-    let code = ringhold_load::run(cli.load);
-    let text = std::fs::read_to_string(&json).expect("the --json file was written");
-    let _ = std::fs::remove_file(&json);
-    (
-        code,
-        serde_json::from_str(&text).expect("--json output parses"),
-    )
-}
-
-fn n(v: &Value, path: &str) -> u64 {
-    let mut cur = v;
-    for k in path.split('.') {
-        cur = &cur[k];
-    }
-    cur.as_u64()
-        .unwrap_or_else(|| panic!("{path} is not a number in {v:#}"))
-}
 
 #[test]
 fn holds_1000_connections_from_4_sources_and_verifies_every_echo() {

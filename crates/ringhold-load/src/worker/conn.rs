@@ -132,6 +132,15 @@ impl Worker {
         self.c.connected += 1;
         self.c.alive += 1;
         self.arm_recv(slot);
+        if self.websocket() {
+            self.ws_start(slot);
+        } else {
+            self.start_heartbeats(slot);
+        }
+    }
+
+    /// The first heartbeat (or request) now, then one every period (http-kit: after each answer).
+    pub(super) fn start_heartbeats(&mut self, slot: u32) {
         if self.period_us > 0 || self.kit.is_some() {
             let now = self.now_us();
             self.send_heartbeat(slot, now, now);
@@ -170,7 +179,7 @@ impl Worker {
                 }
                 continue;
             }
-            if conn.flags & (F_AWAIT | F_SEND) != 0 {
+            if conn.flags & (F_AWAIT | F_SEND) != 0 || conn.ws & W_CTRL_SEND != 0 {
                 self.c.late += 1;
             } else {
                 self.send_heartbeat(slot, at_us, now);
@@ -190,22 +199,6 @@ impl Worker {
         conn.intended_us = intended_us;
         conn.flags = (conn.flags | F_AWAIT | F_SEND) & !F_BODY;
         let seq = conn.seq;
-        let b = match self.free_sends.pop() {
-            Some(b) => b,
-            None => {
-                let size = match &self.plan.http {
-                    Some(h) => http::request_capacity(h),
-                    None => self.plan.message_size,
-                };
-                self.sends.push(SendBuf {
-                    data: vec![0u8; size].into_boxed_slice(),
-                    len: 0,
-                    slot: 0,
-                    off: 0,
-                });
-                (self.sends.len() - 1) as u32
-            }
-        };
         let want = match self.kit {
             Some(kit) => http::draw(
                 &mut self.rng,
@@ -215,16 +208,18 @@ impl Worker {
             None => self.plan.message_size as u32,
         };
         self.conns[slot as usize].want = want;
+        let size = self.plan.message_size;
+        let mask = self.websocket().then(|| self.next_mask());
+        let b = self.alloc_send(slot, false);
         let sb = &mut self.sends[b as usize];
-        sb.len = match &self.plan.http {
-            Some(h) => http::write_request(&mut sb.data, h, want) as u32,
-            None => {
-                pattern::fill(&mut sb.data, id, seq);
-                sb.data.len() as u32
+        sb.len = match (&self.plan.http, mask) {
+            (Some(h), _) => http::write_request(&mut sb.data, h, want) as u32,
+            (None, Some(mask)) => ws::heartbeat_frame(&mut sb.data, size, id, seq, mask) as u32,
+            (None, None) => {
+                pattern::fill(&mut sb.data[..size], id, seq);
+                size as u32
             }
         };
-        sb.slot = slot;
-        sb.off = 0;
         let e = opcode::Send::new(Fixed(slot), sb.data.as_ptr(), sb.len)
             .build()
             .user_data(ud(OP_SEND, b));
@@ -236,6 +231,28 @@ impl Worker {
             seq,
         });
         self.push(&[e]);
+    }
+
+    /// A send buffer for `slot` (from the pool, or a new one), marked in flight.
+    pub(super) fn alloc_send(&mut self, slot: u32, ctrl: bool) -> u32 {
+        let b = match self.free_sends.pop() {
+            Some(b) => b,
+            None => {
+                self.sends.push(SendBuf {
+                    data: vec![0u8; self.send_cap].into_boxed_slice(),
+                    len: 0,
+                    slot: 0,
+                    off: 0,
+                    ctrl: false,
+                });
+                (self.sends.len() - 1) as u32
+            }
+        };
+        let sb = &mut self.sends[b as usize];
+        sb.slot = slot;
+        sb.off = 0;
+        sb.ctrl = ctrl;
+        b
     }
 
     pub(super) fn on_send(&mut self, b: u32, res: i32) {
@@ -256,8 +273,16 @@ impl Worker {
                 return;
             }
         }
+        let ctrl = sb.ctrl;
         self.free_sends.push(b);
-        self.conns[slot as usize].flags &= !F_SEND;
+        if ctrl {
+            self.conns[slot as usize].ws &= !W_CTRL_SEND;
+        } else {
+            self.conns[slot as usize].flags &= !F_SEND;
+        }
+        if res > 0 && open {
+            self.ws_send_waiting_pong(slot);
+        }
         if res < 0 {
             self.fail(slot, Cause::from_errno(-res), -res);
         } else if res == 0 && open {
@@ -271,7 +296,16 @@ impl Worker {
             let n = res as usize;
             self.c.bytes_received += n as u64;
             if let Some(bid) = cqueue::buffer_select(flags) {
-                if self.conns[slot as usize].state == ST_OPEN {
+                if self.conns[slot as usize].state != ST_OPEN {
+                } else if self.websocket() {
+                    let mut data = std::mem::take(&mut self.scratch);
+                    data.clear();
+                    data.extend_from_slice(self.bufs.data(bid, n));
+                    if let Err(cause) = self.ws_input(slot, &data) {
+                        self.fail(slot, cause, 0);
+                    }
+                    self.scratch = data;
+                } else {
                     let checked = if self.plan.http.is_some() {
                         self.check_http(slot, bid, n)
                     } else if self.check_echo(slot, bid, n) {
@@ -318,15 +352,14 @@ impl Worker {
         if n > size - got || !pattern::verify(self.bufs.data(bid, n), id, conn.seq, got) {
             return false;
         }
-        let conn = &mut self.conns[slot as usize];
-        conn.got += n as u32;
-        if conn.got as usize == size {
+        self.conns[slot as usize].got += n as u32;
+        if got + n == size {
             self.answered(slot);
         }
         true
     }
 
-    /// The heartbeat (request) of `slot` came back whole and intact.
+    /// The heartbeat (request) being awaited on `slot` came back whole and intact.
     pub(super) fn answered(&mut self, slot: u32) {
         let conn = &mut self.conns[slot as usize];
         conn.flags &= !(F_AWAIT | F_BODY);
@@ -375,6 +408,13 @@ impl Worker {
         if cancel {
             conn.flags |= F_CANCEL;
         }
+        if conn.ws & W_KEPT != 0 {
+            self.ws_kept.remove(&slot);
+        }
+        if conn.ws & W_PONG_WAITS != 0 {
+            self.ws_pongs.remove(&slot);
+        }
+        conn.ws &= !(W_KEPT | W_PONG_WAITS);
         self.c.alive = self.c.alive.saturating_sub(1);
         if awaiting {
             self.c.outstanding = self.c.outstanding.saturating_sub(1);
@@ -393,7 +433,10 @@ impl Worker {
     /// Closes a dead connection's slot once nothing is in flight for it.
     pub(super) fn maybe_close(&mut self, slot: u32) {
         let conn = &mut self.conns[slot as usize];
-        if conn.state == ST_DEAD && conn.flags & (F_RECV | F_SEND | F_CANCEL | F_CLOSING) == 0 {
+        if conn.state == ST_DEAD
+            && conn.flags & (F_RECV | F_SEND | F_CANCEL | F_CLOSING) == 0
+            && conn.ws & W_CTRL_SEND == 0
+        {
             conn.flags |= F_CLOSING;
             let e = opcode::Close::new(Fixed(slot))
                 .build()

@@ -25,6 +25,7 @@ use crate::stats::{self, Counts, Shared};
 
 mod conn;
 mod http;
+mod ws;
 
 const OP_SOCKET: u8 = 1;
 const OP_SETSOCKOPT: u8 = 2;
@@ -61,10 +62,24 @@ const F_SETUP_FAILED: u8 = 1 << 5;
 /// HTTP: the answer's head has been read; `got` counts body bytes.
 const F_BODY: u8 = 1 << 6;
 
+// WebSocket bits (`Conn::ws`, `--protocol websocket`).
+/// The upgrade was answered with a valid 101.
+const W_UPGRADED: u8 = 1 << 0;
+/// Inside the payload of a heartbeat's echo frame (`got` counts its payload bytes).
+const W_IN_ECHO: u8 = 1 << 1;
+/// Bytes at a frame boundary (or of the 101 head) wait in `Worker::ws_kept`.
+const W_KEPT: u8 = 1 << 2;
+/// A handshake or pong send is in flight (one send at a time per connection keeps frames whole).
+const W_CTRL_SEND: u8 = 1 << 3;
+/// A pong waits in `Worker::ws_pongs` for the send in flight to end.
+const W_PONG_WAITS: u8 = 1 << 4;
+
 #[derive(Clone, Copy, Default)]
 struct Conn {
     state: u8,
     flags: u8,
+    /// `W_*` bits.
+    ws: u8,
     /// Sequence number of the last heartbeat sent.
     seq: u32,
     /// Bytes of its echo (HTTP: of the answer's body) verified so far.
@@ -93,10 +108,12 @@ struct Deadline {
 
 struct SendBuf {
     data: Box<[u8]>,
-    /// Bytes of `data` to send (HTTP requests vary in length).
+    /// Bytes of `data` to send (HTTP requests and WebSocket frames vary in length).
     len: u32,
     slot: u32,
     off: u32,
+    /// A handshake or pong (`W_CTRL_SEND`), not a heartbeat (`F_SEND`).
+    ctrl: bool,
 }
 
 pub struct Setup {
@@ -125,6 +142,22 @@ pub struct Worker {
     deadlines: VecDeque<Deadline>,
     sends: Vec<SendBuf>,
     free_sends: Vec<u32>,
+    /// Capacity of each send buffer: a heartbeat (websocket: with its frame header, or a handshake
+    /// or a pong; http: the longest request).
+    send_cap: usize,
+    /// `--protocol websocket`: bytes kept across receives (an unfinished 101 head, frame header or
+    /// control frame), only for connections with `W_KEPT`.
+    ws_kept: HashMap<u32, Vec<u8>>,
+    /// `--protocol websocket`: a pong frame waiting for the send in flight (`W_PONG_WAITS`).
+    ws_pongs: HashMap<u32, Vec<u8>>,
+    /// Fast RNG (xorshift64*) for WebSocket masking keys.
+    mask_rng: u64,
+    /// Per-run salt of the Sec-WebSocket-Key of each connection.
+    key_salt: u64,
+    /// The `GET` head up to `Sec-WebSocket-Key: ` and after the key.
+    ws_request: (Vec<u8>, Vec<u8>),
+    /// A copy of the received bytes being decoded (they live in the buffer ring).
+    scratch: Vec<u8>,
     /// Chains that did not fit into the submission queue (rare; flushed first every pass).
     backlog: VecDeque<Vec<squeue::Entry>>,
     cq_batch: Vec<(u64, i32, u32)>,
@@ -186,6 +219,23 @@ pub fn build(s: Setup) -> Result<Worker, String> {
         .map_err(|e| format!("registering the buffer ring: {e} (needs Linux 5.19+)"))?;
     let period_us = plan.period.map_or(0, |p| p.as_micros().max(1) as u64);
     let per_worker_rate = plan.connect_rate / f64::from(plan.workers);
+    let websocket = plan.protocol == crate::plan::LoadProtocol::Websocket;
+    let ws_request = ws::request_parts(&plan.target);
+    let send_cap = if websocket {
+        let request = ws_request.0.len() + 24 + ws_request.1.len();
+        (plan.message_size + ws::MAX_HEADER)
+            .max(ws::MAX_CTRL_SEND)
+            .max(request)
+    } else if let Some(h) = &plan.http {
+        http::request_capacity(h)
+    } else {
+        plan.message_size
+    };
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ (u64::from(s.id) << 48)
+        | 1;
     Ok(Worker {
         ring,
         bufs,
@@ -200,6 +250,13 @@ pub fn build(s: Setup) -> Result<Worker, String> {
         deadlines: VecDeque::new(),
         sends: Vec::new(),
         free_sends: Vec::new(),
+        send_cap,
+        ws_kept: HashMap::new(),
+        ws_pongs: HashMap::new(),
+        mask_rng: seed,
+        key_salt: ws::mix(seed),
+        ws_request,
+        scratch: Vec::new(),
         backlog: VecDeque::new(),
         cq_batch: Vec::with_capacity(1024),
         lat: Vec::new(),
@@ -451,6 +508,7 @@ mod tests {
     #[test]
     fn conn_is_small() {
         assert!(std::mem::size_of::<Conn>() <= 24);
+        assert_eq!(std::mem::size_of::<Conn>(), 24);
         assert!(std::mem::size_of::<Reverse<Due>>() <= 16);
         assert!(std::mem::size_of::<Due>() <= 16);
     }
