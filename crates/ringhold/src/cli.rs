@@ -148,15 +148,21 @@ pub struct ServeArgs {
     #[arg(long, env = "RINGHOLD_LISTEN", default_value = "127.0.0.1:7000")]
     pub listen: SocketAddr,
 
-    /// What the connections speak: `echo` (raw TCP echo) or `http` (HTTP/1.1 keep-alive: GET/HEAD
+    /// What the connections speak: `echo` (raw TCP echo), `http` (HTTP/1.1 keep-alive: GET/HEAD
     /// answer 200 with a `?length=N` body, POST/PUT echo the body; pipelining, 100-continue,
-    /// chunked; errors get 400/413/431/501/505 and a clean close).
+    /// chunked; errors get 400/413/431/501/505 and a clean close) or `websocket` (RFC 6455 echo of
+    /// every message, streamed frame by frame; a ping at half the idle timeout; close codes
+    /// 1002/1007/1009; a non-upgrade request gets 426).
     #[arg(long, env = "RINGHOLD_PROTOCOL", default_value = "echo", value_parser = parse_protocol)]
     pub protocol: ProtocolArg,
 
-    /// http: most bytes of a request head (request line and headers); more gets 431.
+    /// http, websocket: most bytes of a request head (request line and headers); more gets 431.
     #[arg(long, env = "RINGHOLD_MAX_HEADER_SIZE", default_value = "8KiB", value_parser = parse_header_size)]
     pub max_header_size: u64,
+
+    /// websocket: most bytes of one message (all its frames); more closes with 1009.
+    #[arg(long, env = "RINGHOLD_MAX_MESSAGE_SIZE", default_value = "16MiB", value_parser = parse_size)]
+    pub max_message_size: u64,
 
     /// http: most bytes of a request body; more gets 413.
     #[arg(long, env = "RINGHOLD_MAX_BODY_SIZE", default_value = "1MiB", value_parser = parse_size)]

@@ -111,6 +111,10 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
                 max_body_bytes: args.max_body_size,
                 ..ringhold_core::http::HttpConfig::default()
             },
+            ws: ringhold_core::ws::WsConfig {
+                max_message_size: args.max_message_size,
+                max_header_bytes: args.max_header_size as usize,
+            },
         },
         keepalive: args.tcp_keepalive.0,
         max_queued_buffers: args.pending_buffers as u16,

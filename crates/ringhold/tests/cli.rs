@@ -19,6 +19,7 @@ const FLAGS: &[(&str, &str)] = &[
     ("--protocol", "RINGHOLD_PROTOCOL"),
     ("--max-header-size", "RINGHOLD_MAX_HEADER_SIZE"),
     ("--max-body-size", "RINGHOLD_MAX_BODY_SIZE"),
+    ("--max-message-size", "RINGHOLD_MAX_MESSAGE_SIZE"),
     ("--engine", "RINGHOLD_ENGINE"),
     ("--shards", "RINGHOLD_SHARDS"),
     ("--no-pin", "RINGHOLD_NO_PIN"),
