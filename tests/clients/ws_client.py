@@ -251,6 +251,20 @@ async def idle(a):
         return {"ok": back == "still here" and ws.close_code == 1000, "held_s": round(held, 2), "pings": counter.pings}
 
 
+class FrameLog(logging.Handler):
+    """Keeps the library's debug log of one connection (frames sent and received, state changes)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.lines = []
+
+    def emit(self, record):
+        try:
+            self.lines.append(f"{record.created:.6f} {record.getMessage()}"[:200])
+        except Exception:  # noqa: BLE001 - a line we cannot format is left out
+            pass
+
+
 class Gate:
     def __init__(self, n):
         self.left = n
@@ -268,8 +282,14 @@ async def many(a):
 
     async def one(cid):
         rng = random.Random(a.seed * 100_003 + cid)
+        # The library's frame log of this connection, printed to stderr if it fails.
+        trace = FrameLog()
+        log = logging.getLogger(f"ringhold.ws.many.{cid}")
+        log.setLevel(logging.DEBUG)
+        log.propagate = False
+        log.addHandler(trace)
         try:
-            ws = await connect(uri(a), **opts())
+            ws = await connect(uri(a), **opts(logger=log))
         except (OSError, asyncio.TimeoutError, Exception) as e:  # noqa: BLE001 - reported, not raised
             res["errors"].append(f"conn {cid}: connect: {e!r}")
             gate.release()
@@ -291,6 +311,8 @@ async def many(a):
             await ws.close()
             if ws.close_code != 1000:
                 res["errors"].append(f"conn {cid}: close code {ws.close_code}")
+                print(f"conn {cid} ({ws.local_address}): close code {ws.close_code}; its log:\n  "
+                      + "\n  ".join(trace.lines), file=sys.stderr)
                 return
             res["ok"] += 1
         except ConnectionClosed as e:

@@ -902,6 +902,43 @@ fn metrics_bytes_match_the_wire(engine: Engine) {
     );
 }
 
+/// 5 × 1000 raw connections at once, each upgrading, echoing one message, then closing with 1000:
+/// each must get back exactly the server's close frame `88 02 03 e8`, then EOF
+/// (tests/clients/ws_close_storm.py).
+fn close_storm_every_close_echo_intact(engine: Engine) {
+    close_storm(engine, 5);
+}
+
+fn close_storm(engine: Engine, rounds: u32) {
+    let Some(python) = ringhold_tests::tools::python3("close_storm_every_close_echo_intact") else {
+        return;
+    };
+    let _g = serial();
+    let mut server = Server::start(engine, &["--protocol", "websocket"]);
+    let port = server.addr.port().to_string();
+    let deadline = secs(20 + 5 * u64::from(rounds)).as_secs().to_string();
+    let args = [
+        "--port",
+        &port,
+        "--connections",
+        "1000",
+        "--rounds",
+        &rounds.to_string(),
+        "--deadline",
+        &deadline,
+    ];
+    let mut c = Client::python(&python, "ws_close_storm.py", &args.map(String::from));
+    let status = c.wait(secs(50 + 5 * u64::from(rounds)));
+    let out = c.rest(secs(5));
+    eprintln!("{}: close storm of {rounds} × 1000: {out:?}", engine.name());
+    assert!(
+        status.success(),
+        "close storm ({status}): {out:?}; stderr:\n{}",
+        c.stderr()
+    );
+    server.assert_running();
+}
+
 both_engines!(
     python_sizes,
     node_sizes,
@@ -916,8 +953,6 @@ both_engines!(
     python_too_big_gets_1009,
     node_too_big_gets_1009,
     python_idle_client_answering_pings_stays,
-    python_1000_connections,
-    node_1000_connections,
     non_upgrade_get_gets_426,
     unmasked_frame_gets_1002,
     raw_invalid_utf8_gets_1007,
@@ -926,6 +961,38 @@ both_engines!(
     raw_close_handshake,
     metrics_bytes_match_the_wire,
 );
+
+/// The tests that also find the io_uring engine's corrupted close echo (see [`bugs`]) run on epoll here.
+mod epoll_only {
+    use super::*;
+
+    #[test]
+    fn python_1000_connections() {
+        ringhold_tests::run_on(
+            Engine::Epoll,
+            "python_1000_connections",
+            super::python_1000_connections,
+        );
+    }
+
+    #[test]
+    fn node_1000_connections() {
+        ringhold_tests::run_on(
+            Engine::Epoll,
+            "node_1000_connections",
+            super::node_1000_connections,
+        );
+    }
+
+    #[test]
+    fn close_storm_every_close_echo_intact() {
+        ringhold_tests::run_on(
+            Engine::Epoll,
+            "close_storm_every_close_echo_intact",
+            super::close_storm_every_close_echo_intact,
+        );
+    }
+}
 
 /// Tests that assert what RFC 6455 (or the server's own documentation) asks for and that the server
 /// does not do yet; each names the bug. Run them with `-- --ignored`.
@@ -969,6 +1036,35 @@ mod bugs {
             Engine::Epoll,
             "raw_invalid_utf8_is_not_echoed",
             raw_invalid_utf8_is_not_echoed,
+        );
+    }
+
+    #[test]
+    #[ignore = "BUG: io_uring engine: now and then (about 1 connection in 5,000-20,000 under concurrency) the 4-byte close frame answering a client close is sent as 4 garbage bytes (other connections' data), then FIN; epoll never"]
+    fn uring_close_storm_every_close_echo_intact() {
+        // 20 rounds: at ~1 in 5,000-20,000 the bug shows in most runs.
+        ringhold_tests::run_on(Engine::Uring, "close_storm_every_close_echo_intact", |e| {
+            close_storm(e, 20)
+        });
+    }
+
+    #[test]
+    #[ignore = "BUG: io_uring engine: now and then (about 1 connection in 5,000-20,000 under concurrency) the 4-byte close frame answering a client close is sent as 4 garbage bytes (other connections' data), then FIN; epoll never"]
+    fn uring_python_1000_connections() {
+        ringhold_tests::run_on(
+            Engine::Uring,
+            "python_1000_connections",
+            python_1000_connections,
+        );
+    }
+
+    #[test]
+    #[ignore = "BUG: io_uring engine: now and then (about 1 connection in 5,000-20,000 under concurrency) the 4-byte close frame answering a client close is sent as 4 garbage bytes (other connections' data), then FIN; epoll never"]
+    fn uring_node_1000_connections() {
+        ringhold_tests::run_on(
+            Engine::Uring,
+            "node_1000_connections",
+            node_1000_connections,
         );
     }
 }
