@@ -251,8 +251,10 @@ impl RawWs {
             "upgrade answered with {head:?}"
         );
         assert!(
-            head.to_ascii_lowercase()
-                .contains(&format!("sec-websocket-accept: {}", ACCEPT.to_ascii_lowercase())),
+            head.to_ascii_lowercase().contains(&format!(
+                "sec-websocket-accept: {}",
+                ACCEPT.to_ascii_lowercase()
+            )),
             "no or a wrong Sec-WebSocket-Accept in {head:?}"
         );
         ws

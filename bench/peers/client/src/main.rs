@@ -300,7 +300,11 @@ async fn ws_exchange(
     let n = payload.len();
     let header_ok = match h {
         2 => back[0] == 0x82 && usize::from(back[1]) == n,
-        4 => back[0] == 0x82 && back[1] == 126 && usize::from(u16::from_be_bytes([back[2], back[3]])) == n,
+        4 => {
+            back[0] == 0x82
+                && back[1] == 126
+                && usize::from(u16::from_be_bytes([back[2], back[3]])) == n
+        }
         _ => back[0] == 0x82 && back[1] == 127,
     };
     Ok(header_ok && &back[h..] == payload)
@@ -445,7 +449,10 @@ fn worker(
                     if let Ok(s) = r.as_mut() {
                         let up = tokio::time::timeout(o2.connect_timeout, ws_upgrade(s)).await;
                         if let Err(e) = up.unwrap_or_else(|_| {
-                            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "upgrade timed out"))
+                            Err(std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "upgrade timed out",
+                            ))
                         }) {
                             r = Err(e);
                         }
