@@ -23,7 +23,7 @@ use crate::with_fd;
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 impl State {
-    pub(crate) fn arm_accept(&mut self, io: &mut Io<'_>) -> io::Result<()> {
+    fn arm_accept(&mut self, io: &mut Io<'_>) -> io::Result<()> {
         if self.accept_armed || self.machine.draining() {
             return Ok(());
         }
@@ -57,6 +57,9 @@ impl State {
             self.accept_armed = false;
         }
         if res < 0 {
+            if single_shot {
+                self.shared.accept_refund(Instant::now());
+            }
             let errno = -res;
             let retry_later = match errno {
                 libc::ECANCELED => return Ok(()),
@@ -91,13 +94,15 @@ impl State {
                 if retry_later {
                     self.accept_resume_at = Some(Instant::now() + ACCEPT_RETRY);
                 } else {
-                    self.arm_accept(io)?;
+                    self.rearm_accept_rate_limited(io)?;
                 }
             }
             return Ok(());
         }
         let idx = res as u32;
-        self.shared.accept_paid(Instant::now());
+        if single_shot {
+            self.shared.accept_used();
+        }
         self.admit(io, idx)?;
         if !self.accept_armed && !self.machine.draining() {
             self.rearm_accept_rate_limited(io)?;
@@ -105,11 +110,15 @@ impl State {
         Ok(())
     }
 
-    /// Re-arms the accept now, or later when `--max-conn-rate`'s bucket is empty. The token is checked
-    /// here and paid when a connection arrives (`on_accept`), so none is held while nobody connects.
+    /// Re-arms the accept now, or later when `--max-conn-rate`'s bucket is empty. The armed accept
+    /// holds a reserved token (used when a connection arrives, refunded when the accept ends without
+    /// one); held tokens count against the listener's burst.
     pub(crate) fn rearm_accept_rate_limited(&mut self, io: &mut Io<'_>) -> io::Result<()> {
+        if self.accept_armed || self.machine.draining() {
+            return Ok(());
+        }
         let now = Instant::now();
-        if let Err(wait) = self.shared.accept_permit(now) {
+        if let Err(wait) = self.shared.accept_reserve(now) {
             self.machine.counters.accepts_deferred += 1;
             self.accept_resume_at = Some(now + wait);
             return Ok(());

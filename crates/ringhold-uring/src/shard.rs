@@ -135,7 +135,7 @@ impl Shard {
             sub,
             submits: 0,
         };
-        st.arm_accept(&mut io)?;
+        st.rearm_accept_rate_limited(&mut io)?;
         let mut batch: Vec<cqueue::Entry> = Vec::with_capacity(ring::CQ_ENTRIES as usize);
         let mut overflow_seen = 0;
         loop {
