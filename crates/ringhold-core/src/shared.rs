@@ -113,6 +113,13 @@ impl Shared {
         }
     }
 
+    /// The time the accept bucket takes to make one token (zero without `--max-conn-rate`).
+    pub fn conn_rate_period(&self) -> Duration {
+        self.conn_rate
+            .as_ref()
+            .map_or(Duration::ZERO, |(spec, _)| spec.pause_for(1.0))
+    }
+
     /// Whether `--max-conn-rate` is set.
     pub fn conn_rate_limited(&self) -> bool {
         self.conn_rate.is_some()

@@ -60,9 +60,16 @@ impl State {
             if single_shot {
                 self.shared.accept_refund(Instant::now());
             }
+            self.accept_release_at = None;
             let errno = -res;
             let retry_later = match errno {
-                libc::ECANCELED => return Ok(()),
+                libc::ECANCELED => {
+                    // Released its token for other shards (or shutdown): try again a little later.
+                    if !self.machine.draining() {
+                        self.accept_resume_at = Some(Instant::now() + self.accept_hold() / 2);
+                    }
+                    return Ok(());
+                }
                 libc::ENFILE if self.direct => {
                     self.machine.counters.reject(RejectReason::TableFull);
                     self.warn_limited(format_args!(
@@ -101,6 +108,7 @@ impl State {
         }
         let idx = res as u32;
         if single_shot {
+            self.accept_release_at = None;
             self.shared.accept_used();
         }
         self.admit(io, idx)?;
@@ -123,7 +131,29 @@ impl State {
             self.accept_resume_at = Some(now + wait);
             return Ok(());
         }
+        if self.shared.conn_rate_limited() {
+            self.accept_release_at = Some(now + self.accept_hold());
+        }
         self.arm_accept(io)
+    }
+
+    /// How long an armed accept may hold a reserved `--max-conn-rate` token without a connection
+    /// before it gives it back: the time the bucket takes to make a token, 10 ms to 1 s.
+    fn accept_hold(&self) -> Duration {
+        self.shared
+            .conn_rate_period()
+            .clamp(Duration::from_millis(10), Duration::from_secs(1))
+    }
+
+    /// Cancels the armed accept (shutdown, or a reserved token to give back); its completion says
+    /// ECANCELED and refunds the token.
+    pub(crate) fn cancel_accept(&mut self, io: &mut Io<'_>) -> io::Result<()> {
+        if !self.accept_armed {
+            return Ok(());
+        }
+        let target = Token::new(Op::Accept, 0, 0).encode();
+        let e = opcode::AsyncCancel::new(target).build();
+        io.push(e.user_data(Token::new(Op::CancelAccept, 0, 0).encode()))
     }
 
     /// A connection arrived in `idx`: the machine admits or refuses it.

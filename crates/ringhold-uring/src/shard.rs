@@ -11,7 +11,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use io_uring::{cqueue, opcode, IoUring};
+use io_uring::{cqueue, IoUring};
 use ringhold_core::http::format_date;
 use ringhold_core::{EngineConfig, Flush, Machine, ShardSpec, Shared};
 use tracing::{debug, info, warn};
@@ -47,6 +47,9 @@ pub(crate) struct State {
     pub(crate) sockopt_supported: bool,
     pub(crate) accept_armed: bool,
     pub(crate) accept_resume_at: Option<Instant>,
+    /// `--max-conn-rate`: when an armed accept that holds a reserved token and got no connection is
+    /// cancelled, so that the token can go to a shard whose listener has connections waiting.
+    pub(crate) accept_release_at: Option<Instant>,
     pub(crate) refused_in_flight: u32,
     last_flush: Instant,
     /// Min-wait batching of completions, where the kernel has it.
@@ -120,6 +123,7 @@ impl Shard {
             sockopt_supported: true,
             accept_armed: false,
             accept_resume_at: None,
+            accept_release_at: None,
             refused_in_flight: 0,
             last_flush: now,
             batch,
@@ -183,7 +187,7 @@ impl State {
         if let Some(at) = self.machine.next_deadline() {
             d = d.min(Duration::from_millis(at.saturating_sub(now_ms)));
         }
-        if let Some(at) = self.accept_resume_at {
+        if let Some(at) = self.accept_resume_at.or(self.accept_release_at) {
             d = d.min(at.saturating_duration_since(Instant::now()));
         }
         d.max(Duration::from_millis(1))
@@ -225,6 +229,10 @@ impl State {
             self.accept_resume_at = None;
             self.rearm_accept_rate_limited(io)?;
         }
+        if self.accept_release_at.is_some_and(|at| at <= now) {
+            self.accept_release_at = None;
+            self.cancel_accept(io)?;
+        }
         if !self.machine.draining() && self.shared.shutting_down() {
             self.begin_drain(io)?;
         }
@@ -240,11 +248,8 @@ impl State {
             self.machine.live()
         );
         self.accept_resume_at = None;
-        if self.accept_armed {
-            let target = Token::new(Op::Accept, 0, 0).encode();
-            let e = opcode::AsyncCancel::new(target).build();
-            io.push(e.user_data(Token::new(Op::CancelAccept, 0, 0).encode()))?;
-        }
+        self.accept_release_at = None;
+        self.cancel_accept(io)?;
         let now_ms = self.now_ms();
         self.machine.shutdown(now_ms);
         Ok(())
