@@ -44,6 +44,8 @@ pub(crate) struct State {
     start: Instant,
     /// setsockopt values; their addresses are handed to the kernel, so they live in a Box.
     pub(crate) sockopt_vals: Box<[libc::c_int; 4]>,
+    /// SO_LINGER {on, 0} for aborted closes; its address is handed to the kernel.
+    pub(crate) linger_zero: Box<libc::linger>,
     pub(crate) sockopt_supported: bool,
     pub(crate) accept_armed: bool,
     pub(crate) accept_resume_at: Option<Instant>,
@@ -108,6 +110,10 @@ impl Shard {
             id,
             listener,
             machine,
+            linger_zero: Box::new(libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            }),
             sockopt_vals: Box::new([
                 1,
                 ka.idle.as_secs() as libc::c_int,
