@@ -605,6 +605,7 @@ impl Machine {
             if c.has(flag::FLUSH_CLOSE) && !c.has(flag::LINGER) {
                 c.set(flag::LINGER);
                 c.stamp = now;
+                c.linger_start = now;
                 self.counters.lingering_closes += 1;
                 self.actions.push_back(Action::ShutdownWrite(id));
                 self.reschedule_if_earlier(idx, gen);
