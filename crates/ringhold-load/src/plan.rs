@@ -88,6 +88,79 @@ pub struct LoadArgs {
     /// ring's table and close it), `auto` (ring when the kernel has IORING_OP_BIND).
     #[arg(long, env = "RINGHOLD_SETUP", value_enum, default_value = "auto")]
     pub setup: SetupMode,
+
+    /// Run one part of a load spread over many processes or machines: `INDEX/COUNT` (0-based, e.g.
+    /// `3/10`; a Kubernetes Indexed Job passes `$(JOB_COMPLETION_INDEX)/10`). --connections,
+    /// --connect-rate and --rate are then totals over all parts: this process opens its share of the
+    /// connections (the first `connections % COUNT` parts one more), at its share of the rates. The
+    /// --sources are split into COUNT contiguous blocks and this process connects from block INDEX
+    /// only, so no two parts share a source address.
+    #[arg(long, env = "RINGHOLD_PART", value_parser = parse_part)]
+    pub part: Option<Part>,
+
+    /// Serve this load generator's Prometheus metrics at ADDR (`GET /metrics`), or `off`: connections
+    /// by state, heartbeats sent and echoed, failures by cause, a latency histogram. Summed over the
+    /// processes of a fleet by one query (see grafana/ and deploy/kubernetes/load-job.yaml).
+    #[arg(long, env = "RINGHOLD_LOAD_METRICS_LISTEN", default_value = "off",
+          value_parser = parse_metrics_listen)]
+    pub metrics_listen: MetricsListen,
+
+    /// After the run, keep serving --metrics-listen this long, so that the last scrape sees the final
+    /// counts (a Job's pod ends with the process). SIGINT/SIGTERM ends it early.
+    #[arg(long, env = "RINGHOLD_METRICS_LINGER", default_value = "0", value_parser = parse_duration)]
+    pub metrics_linger: Duration,
+}
+
+/// `--metrics-listen`: an address, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricsListen(pub Option<SocketAddr>);
+
+fn parse_metrics_listen(s: &str) -> Result<MetricsListen, String> {
+    ringhold_metrics::parse_listen(s).map(MetricsListen)
+}
+
+/// `--part INDEX/COUNT`: this process is part `index` (0-based) of `count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Part {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl std::fmt::Display for Part {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl Part {
+    /// This part's share of `total`: `total / count`, one more for the first `total % count` parts.
+    pub fn share(self, total: u64) -> u64 {
+        let (n, k) = (u64::from(self.count), u64::from(self.index));
+        total / n + u64::from(k < total % n)
+    }
+
+    /// Index of this part's first item when `total` items are split as by [`Part::share`].
+    pub fn offset(self, total: u64) -> u64 {
+        let (n, k) = (u64::from(self.count), u64::from(self.index));
+        k * (total / n) + k.min(total % n)
+    }
+}
+
+/// `3/10` (part 3 of 10, 0-based).
+pub fn parse_part(s: &str) -> Result<Part, String> {
+    let err = || format!("'{s}' is not INDEX/COUNT (0-based, e.g. 3/10)");
+    let (i, n) = s.trim().split_once('/').ok_or_else(err)?;
+    let index: u32 = i.trim().parse().map_err(|_| err())?;
+    let count: u32 = n.trim().parse().map_err(|_| err())?;
+    if count == 0 {
+        return Err(format!("'{s}': COUNT must be at least 1"));
+    }
+    if index >= count {
+        return Err(format!(
+            "'{s}': INDEX counts from 0, so it must be below COUNT ({count})"
+        ));
+    }
+    Ok(Part { index, count })
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,7 +222,10 @@ pub fn parse_rate(s: &str) -> Result<f64, String> {
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub target: SocketAddr,
+    /// This process's connections (its share when `part` is set).
     pub connections: u32,
+    /// `--part`, and the connections of all parts together.
+    pub part: Option<(Part, u64)>,
     pub sources: Vec<Ipv4Addr>,
     pub message_size: usize,
     /// Heartbeat period per connection (None: hold idle).
@@ -188,7 +264,33 @@ impl Plan {
         if a.connections == 0 {
             return Err("--connections must be at least 1".into());
         }
-        let sources = a.sources.clone().map(|s| s.0).unwrap_or_default();
+        let total = u64::from(a.connections);
+        let mut sources = a.sources.clone().map(|s| s.0).unwrap_or_default();
+        // This part's connections, sources and rates (all of them without --part).
+        let (connections, fraction) = match a.part {
+            None => (a.connections, 1.0),
+            Some(p) => {
+                let mine = p.share(total);
+                if mine == 0 {
+                    return Err(format!(
+                        "--connections {total} is fewer than the {} parts of --part: part {p} would open none",
+                        p.count
+                    ));
+                }
+                if !sources.is_empty() {
+                    let n = sources.len() as u64;
+                    if n < u64::from(p.count) {
+                        return Err(format!(
+                            "--sources has {n} address(es) for {} parts: each part needs its own (at least one per part)",
+                            p.count
+                        ));
+                    }
+                    let from = p.offset(n) as usize;
+                    sources = sources[from..from + p.share(n) as usize].to_vec();
+                }
+                (mine as u32, mine as f64 / total as f64)
+            }
+        };
         if !sources.is_empty() && target.is_ipv6() {
             return Err("--sources are IPv4 addresses but --target is IPv6".into());
         }
@@ -199,8 +301,9 @@ impl Plan {
                 pattern::MIN_SIZE
             ));
         }
+        // From the totals: every part sends at the same per-connection period.
         let period = match a.rate {
-            Some(r) if r > 0.0 => Some(Duration::from_secs_f64(f64::from(a.connections) / r)),
+            Some(r) if r > 0.0 => Some(Duration::from_secs_f64(total as f64 / r)),
             Some(_) => {
                 return Err("--rate must be above 0 (use --interval 0 to send nothing)".into())
             }
@@ -223,35 +326,37 @@ impl Plan {
         } else {
             a.workers
         };
-        let needed = a.connections.div_ceil(table_max);
-        let workers = asked.max(needed).min(a.connections).min(4096);
+        let needed = connections.div_ceil(table_max);
+        let workers = asked.max(needed).min(connections).min(4096);
         if workers > asked {
             notes.push(format!(
                 "using {workers} workers (asked for {asked}): each io_uring fixed-file table holds at most \
                  {table_max} connections (RLIMIT_NOFILE)"
             ));
         }
-        let slots_per_ring = a.connections.div_ceil(workers);
+        let slots_per_ring = connections.div_ceil(workers);
         if let Some(span) = local_port_span() {
             let n_src = sources.len().max(1) as u64;
-            if u64::from(a.connections) > n_src * u64::from(span) {
+            if u64::from(connections) > n_src * u64::from(span) {
                 notes.push(format!(
                     "{} connections from {n_src} source address(es) need more than the {span} ephemeral ports \
                      per source: expect 'no address' failures; use --sources {}",
-                    a.connections,
-                    u64::from(a.connections).div_ceil(u64::from(span) * 9 / 10)
+                    connections,
+                    u64::from(connections).div_ceil(u64::from(span) * 9 / 10)
+                        * a.part.map_or(1, |p| u64::from(p.count))
                 ));
             }
         }
         Ok(Plan {
             target,
-            connections: a.connections,
+            connections,
+            part: a.part.map(|p| (p, total)),
             sources,
             message_size,
             period,
-            rate: a.rate,
+            rate: a.rate.map(|r| r * fraction),
             duration: a.duration,
-            connect_rate: a.connect_rate,
+            connect_rate: a.connect_rate * fraction,
             connect_timeout: a.connect_timeout,
             echo_timeout: a.echo_timeout,
             workers,

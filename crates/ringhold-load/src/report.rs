@@ -140,6 +140,16 @@ impl Outcome<'_> {
             self.setup,
             self.heartbeat_desc()
         );
+        if let Some((part, total)) = p.part {
+            let _ = writeln!(
+                s,
+                "  part           {part} of a load of {total} connections; sources {}",
+                match (p.sources.first(), p.sources.last()) {
+                    (Some(a), Some(b)) => format!("{a}-{b}"),
+                    _ => "kernel-chosen".to_string(),
+                }
+            );
+        }
         let ramp = if c.ramp_done_us > 0 {
             format!("  (all connects settled after {})", fmt_us(c.ramp_done_us))
         } else {
@@ -290,6 +300,9 @@ impl Outcome<'_> {
                 "connect_rate": p.connect_rate,
                 "connect_timeout_us": p.connect_timeout.as_micros() as u64,
                 "echo_timeout_us": p.echo_timeout.as_micros() as u64,
+                "part": p.part.map(|(part, total)| json!({
+                    "index": part.index, "count": part.count, "connections_all_parts": total,
+                })),
             },
             "elapsed_us": self.elapsed_us,
             "ramp_us": (c.ramp_done_us > 0).then_some(c.ramp_done_us),

@@ -55,12 +55,7 @@ impl Engine {
 pub struct MetricsListen(pub Option<SocketAddr>);
 
 fn parse_metrics_listen(s: &str) -> Result<MetricsListen, String> {
-    if s.eq_ignore_ascii_case("off") {
-        return Ok(MetricsListen(None));
-    }
-    s.parse()
-        .map(|a| MetricsListen(Some(a)))
-        .map_err(|_| format!("'{s}' is not an ip:port or off"))
+    ringhold_metrics::parse_listen(s).map(MetricsListen)
 }
 
 fn parse_buffer_size(s: &str) -> Result<u32, String> {
