@@ -413,6 +413,75 @@ mod tests {
         assert!(parse_rate("fast").is_err());
     }
 
+    #[test]
+    fn parts() {
+        assert_eq!(
+            parse_part("3/10"),
+            Ok(Part {
+                index: 3,
+                count: 10
+            })
+        );
+        assert_eq!(parse_part(" 0 / 1 "), Ok(Part { index: 0, count: 1 }));
+        for bad in ["10/10", "1/0", "3", "a/b", "-1/4", ""] {
+            assert!(parse_part(bad).is_err(), "{bad}");
+        }
+        // Shares add up to the total and the blocks tile it, for totals below, at and above count.
+        for total in [0u64, 3, 10, 301, 1_000_003] {
+            for count in [1u32, 2, 3, 10] {
+                let mut next = 0;
+                for index in 0..count {
+                    let p = Part { index, count };
+                    assert_eq!(p.offset(total), next, "{total} {p}");
+                    next += p.share(total);
+                }
+                assert_eq!(next, total);
+            }
+        }
+    }
+
+    fn plan_of(argv: &[&str]) -> Result<Plan, String> {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct T {
+            #[command(flatten)]
+            a: LoadArgs,
+        }
+        let mut v = vec!["t"];
+        v.extend_from_slice(argv);
+        Plan::new(&T::parse_from(v).a, 20_000, 2)
+    }
+
+    #[test]
+    fn a_part_takes_its_share_of_connections_sources_and_rates() {
+        let all = [
+            "-c",
+            "301",
+            "--sources",
+            "127.0.0.2-127.0.0.6",
+            "--connect-rate",
+            "602",
+        ];
+        let p0 = plan_of(&[&all[..], &["--part", "0/2", "--rate", "301"]].concat()).unwrap();
+        let p1 = plan_of(&[&all[..], &["--part", "1/2", "--rate", "301"]].concat()).unwrap();
+        assert_eq!((p0.connections, p1.connections), (151, 150));
+        assert_eq!(p0.sources.len() + p1.sources.len(), 5);
+        assert_eq!(p0.sources.last(), Some(&Ipv4Addr::new(127, 0, 0, 4)));
+        assert_eq!(p1.sources.first(), Some(&Ipv4Addr::new(127, 0, 0, 5)));
+        assert_eq!(p0.connect_rate, 302.0);
+        // Every part sends at the fleet's per-connection period: 301 connections / 301 msg/s = 1 s.
+        assert_eq!(p0.period, Some(Duration::from_secs(1)));
+        assert_eq!(p1.period, Some(Duration::from_secs(1)));
+        assert_eq!(p1.part.map(|(p, t)| (p.index, t)), Some((1, 301)));
+        // Too few sources or connections for the parts.
+        assert!(plan_of(&["-c", "100", "--sources", "2", "--part", "0/3"]).is_err());
+        assert!(plan_of(&["-c", "2", "--part", "2/3"]).is_err());
+        assert_eq!(
+            plan_of(&["-c", "2", "--part", "1/3"]).unwrap().connections,
+            1
+        );
+    }
+
     fn args(connections: u32, workers: u32) -> LoadArgs {
         use clap::Parser;
         #[derive(clap::Parser)]
