@@ -7,7 +7,8 @@
 #   - `ringhold --version` says the workspace version;
 #   - `ringhold serve` on 127.0.0.1 with an ephemeral port echoes, serves /metrics and drains on
 #     SIGTERM with exit 0, on each engine (io_uring only where the kernel allows it);
-#   - `ringhold load --metrics-listen` from the image holds connections against it and exits 0.
+#   - `ringhold load --metrics-listen` from the image, given the server by a host name (resolved from
+#     /etc/hosts as Kubernetes provides it), holds connections against it and exits 0.
 # Every step is bounded in time; any failure ends the script with "check.sh: FAIL: …" and exit 1.
 #
 #   deploy/container/check.sh localhost/ringhold:0.1.0      (build.sh --check runs it)
@@ -57,7 +58,10 @@ echo "check.sh: $image: USER $uid:$uid, one file (/usr/local/bin/ringhold: $bin_
 # A runtime gives the container /proc, /sys (read-only) and a /dev with the standard devices (the
 # epoll engine, for one, keeps /dev/null open as its spare descriptor for EMFILE); so does this, in a
 # private mount namespace, on mount points made in the working container (not in the image).
-mkdir -p "$root/proc" "$root/sys" "$root/dev"
+mkdir -p "$root/proc" "$root/sys" "$root/dev" "$root/etc"
+# Kubernetes mounts /etc/hosts and /etc/resolv.conf into every container; the load below reaches the
+# server by a name from this hosts file, through the static binary's own (glibc) resolver.
+echo "127.0.0.1 ringhold-check.internal" >"$root/etc/hosts"
 
 # Runs the image's binary in the chroot as the image's user: "${in_image[@]}" ARGS. Every step execs
 # the next, so the pid of a background run ($!) is ringhold's.
@@ -155,7 +159,7 @@ EOF
 
     if [[ "$engine" == uring ]]; then
         llog="$work/load.log"
-        "${in_image[@]}" load --target "$addr" --connections 200 --sources 2 --interval 200ms --duration 2s \
+        "${in_image[@]}" load --target "ringhold-check.internal:${addr##*:}" --connections 200 --sources 2 --interval 200ms --duration 2s \
             --metrics-listen 127.0.0.1:0 >"$llog" 2>&1 &
         lpid=$!
         pids+=("$lpid")
@@ -163,7 +167,7 @@ EOF
         wait_exit "$lpid" 30 || fail "load in the image did not finish within 30 s"
         ((rc == 0)) || fail "load in the image exited $rc"
         grep -q "result         OK" "$llog" || fail "load in the image: no OK result"
-        echo "check.sh: load in the image: 200 connections held and echoed, metrics served"
+        echo "check.sh: load in the image: 200 connections to ringhold-check.internal (/etc/hosts) held and echoed, metrics served"
     fi
 
     kill -TERM "$pid"
