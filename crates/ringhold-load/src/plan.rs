@@ -36,10 +36,12 @@ pub struct LoadArgs {
     #[arg(long, env = "RINGHOLD_CONNECT_RATE", default_value = "0", value_parser = parse_rate)]
     pub connect_rate: f64,
 
-    /// Source addresses to connect from: a range (127.0.0.2-127.0.3.255), one address, or a count K
-    /// (K addresses from 127.0.0.2 on). Each source has its own ephemeral port range (sockets are bound
-    /// with IP_BIND_ADDRESS_NO_PORT), about 28,000 connections per source and target. Default: the
-    /// kernel picks the source.
+    /// Source addresses to connect from: a range (127.0.0.2-127.0.3.255), one address, a count K
+    /// (K addresses from 127.0.0.2 on), or `host:CIDR`: every IPv4 address this host has inside CIDR
+    /// (e.g. host:10.64.0.0/16; on Kubernetes' host network, the node's own load addresses). Each
+    /// source has its own ephemeral port range (sockets are bound with IP_BIND_ADDRESS_NO_PORT),
+    /// about 28,000 connections per source and target by default. Default: the kernel picks the
+    /// source.
     #[arg(long, env = "RINGHOLD_SOURCES", value_parser = parse_sources)]
     pub sources: Option<Sources>,
 
@@ -172,13 +174,50 @@ pub enum SetupMode {
 
 /// A list of IPv4 source addresses.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Sources(pub Vec<Ipv4Addr>);
+pub struct Sources {
+    pub addrs: Vec<Ipv4Addr>,
+    /// Found on this host (`host:CIDR`): already this machine's own, so `--part` does not split them.
+    pub from_host: bool,
+}
+
+impl Sources {
+    fn list(addrs: Vec<Ipv4Addr>) -> Sources {
+        Sources {
+            addrs,
+            from_host: false,
+        }
+    }
+}
 
 const MAX_SOURCES: u32 = 1 << 16;
 
-/// `127.0.0.2-127.0.3.255`, `127.0.0.9`, or a count `K` (K addresses from 127.0.0.2).
+/// `127.0.0.2-127.0.3.255`, `127.0.0.9`, a count `K` (K addresses from 127.0.0.2), or `host:CIDR`
+/// (this host's IPv4 addresses inside CIDR, looked up now).
 pub fn parse_sources(s: &str) -> Result<Sources, String> {
     let t = s.trim();
+    if let Some(cidr) = t.strip_prefix("host:") {
+        let (net, len) = parse_cidr(cidr).map_err(|e| format!("'{s}': {e}"))?;
+        let addrs = crate::setup::host_ipv4_addresses()
+            .map_err(|e| format!("'{s}': listing this host's addresses: {e}"))?;
+        let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+        let mut inside: Vec<Ipv4Addr> = addrs
+            .into_iter()
+            .filter(|a| u32::from(*a) & mask == u32::from(net) & mask)
+            .collect();
+        inside.sort();
+        inside.dedup();
+        if inside.is_empty() {
+            return Err(format!(
+                "'{s}': this host has no IPv4 address inside {cidr} (add the load addresses to the node, \
+                 e.g. `ip addr add ADDR/32 dev IFACE`; in Kubernetes the pod needs hostNetwork to see them)"
+            ));
+        }
+        inside.truncate(MAX_SOURCES as usize);
+        return Ok(Sources {
+            addrs: inside,
+            from_host: true,
+        });
+    }
     if let Ok(k) = t.parse::<u32>() {
         if k == 0 || k > MAX_SOURCES {
             return Err(format!(
@@ -186,7 +225,9 @@ pub fn parse_sources(s: &str) -> Result<Sources, String> {
             ));
         }
         let first = u32::from(Ipv4Addr::new(127, 0, 0, 2));
-        return Ok(Sources((first..first + k).map(Ipv4Addr::from).collect()));
+        return Ok(Sources::list(
+            (first..first + k).map(Ipv4Addr::from).collect(),
+        ));
     }
     let (a, b) = match t.split_once('-') {
         Some((a, b)) => (a.trim(), b.trim()),
@@ -203,7 +244,22 @@ pub fn parse_sources(s: &str) -> Result<Sources, String> {
     if b - a >= MAX_SOURCES {
         return Err(format!("'{s}': at most {MAX_SOURCES} sources"));
     }
-    Ok(Sources((a..=b).map(Ipv4Addr::from).collect()))
+    Ok(Sources::list((a..=b).map(Ipv4Addr::from).collect()))
+}
+
+/// `10.64.0.0/16` → (network, prefix length).
+fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
+    let (a, l) = s
+        .split_once('/')
+        .ok_or("expected an IPv4 CIDR such as 10.64.0.0/16")?;
+    let a: Ipv4Addr = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("{a} is not an IPv4 address"))?;
+    match l.trim().parse::<u8>() {
+        Ok(l) if l <= 32 => Ok((a, l)),
+        _ => Err(format!("/{l} is not a prefix length (0..=32)")),
+    }
 }
 
 /// `5000`, `5000/s` or `2.5` (per second).
@@ -265,7 +321,8 @@ impl Plan {
             return Err("--connections must be at least 1".into());
         }
         let total = u64::from(a.connections);
-        let mut sources = a.sources.clone().map(|s| s.0).unwrap_or_default();
+        let from_host = a.sources.as_ref().is_some_and(|s| s.from_host);
+        let mut sources = a.sources.clone().map(|s| s.addrs).unwrap_or_default();
         // This part's connections, sources and rates (all of them without --part).
         let (connections, fraction) = match a.part {
             None => (a.connections, 1.0),
@@ -277,7 +334,7 @@ impl Plan {
                         p.count
                     ));
                 }
-                if !sources.is_empty() {
+                if !sources.is_empty() && !from_host {
                     let n = sources.len() as u64;
                     if n < u64::from(p.count) {
                         return Err(format!(
@@ -389,20 +446,35 @@ mod tests {
 
     #[test]
     fn sources() {
-        let s = parse_sources("4").unwrap().0;
+        let s = parse_sources("4").unwrap().addrs;
         assert_eq!(s.len(), 4);
         assert_eq!(s[0], Ipv4Addr::new(127, 0, 0, 2));
         assert_eq!(s[3], Ipv4Addr::new(127, 0, 0, 5));
-        let s = parse_sources("127.0.0.2-127.0.3.255").unwrap().0;
+        let s = parse_sources("127.0.0.2-127.0.3.255").unwrap().addrs;
         assert_eq!(s.len(), 254 + 3 * 256);
         assert_eq!(s.last(), Some(&Ipv4Addr::new(127, 0, 3, 255)));
         assert_eq!(
-            parse_sources("127.0.0.9").unwrap().0,
+            parse_sources("127.0.0.9").unwrap().addrs,
             vec![Ipv4Addr::new(127, 0, 0, 9)]
         );
         assert!(parse_sources("0").is_err());
         assert!(parse_sources("127.0.0.9-127.0.0.2").is_err());
         assert!(parse_sources("localhost").is_err());
+        // This host's own addresses: loopback has 127.0.0.1; a block where this host has none
+        // (documentation ranges, unless this machine uses one) is an error.
+        let own = parse_sources("host:127.0.0.0/8").unwrap();
+        assert!(own.from_host && own.addrs.contains(&Ipv4Addr::LOCALHOST));
+        let mine = crate::setup::host_ipv4_addresses().unwrap();
+        for (cidr, net) in [
+            ("203.0.113.0/24", [203, 0, 113]),
+            ("198.51.100.0/24", [198, 51, 100]),
+        ] {
+            let has = mine.iter().any(|a| a.octets()[..3] == net);
+            let got = parse_sources(&format!("host:{cidr}"));
+            assert_eq!(got.is_ok(), has, "{cidr}: {got:?} (host: {mine:?})");
+        }
+        assert!(parse_sources("host:10.0.0.0").is_err());
+        assert!(parse_sources("host:10.0.0.0/33").is_err());
     }
 
     #[test]
