@@ -109,6 +109,10 @@ fn run_inner(args: &LoadArgs) -> Result<bool, String> {
         },
     );
     setup::check_sources(&plan.sources)?;
+    if args.dry_run {
+        println!("{}", report::plan_text(&plan));
+        return Ok(true);
+    }
     let metrics = match args.metrics_listen.0 {
         Some(addr) => {
             let part = plan.part.map_or("0/1".to_string(), |(p, _)| p.to_string());

@@ -111,6 +111,11 @@ pub struct LoadArgs {
     /// counts (a Job's pod ends with the process). SIGINT/SIGTERM ends it early.
     #[arg(long, env = "RINGHOLD_METRICS_LINGER", default_value = "0", value_parser = parse_duration)]
     pub metrics_linger: Duration,
+
+    /// Print what this process would do (its part, connections, source addresses, rates, workers),
+    /// check that its sources belong to this host, and exit without connecting.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// `--metrics-listen`: an address, or `off`.

@@ -65,6 +65,48 @@ pub fn progress_line(
     s
 }
 
+/// What a run would do (`--dry-run`), one `key value` line each.
+pub fn plan_text(p: &Plan) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "target         {}", p.target);
+    if let Some((part, total)) = p.part {
+        let _ = writeln!(s, "part           {part} of {total} connections");
+    }
+    let _ = writeln!(s, "connections    {}", p.connections);
+    let _ = writeln!(
+        s,
+        "sources        {}",
+        match (p.sources.first(), p.sources.last()) {
+            (Some(a), Some(b)) => format!("{a}-{b} ({} addresses)", p.sources.len()),
+            _ => "kernel-chosen".to_string(),
+        }
+    );
+    let _ = writeln!(s, "connect rate   {}/s", p.connect_rate);
+    let _ = writeln!(
+        s,
+        "heartbeats     {}",
+        match (p.period, p.rate) {
+            (None, _) => "none (held idle)".to_string(),
+            (Some(d), Some(r)) => format!(
+                "{r} msg/s (one per connection every {})",
+                fmt_us(d.as_micros() as u64)
+            ),
+            (Some(d), None) => format!("one per connection every {}", fmt_us(d.as_micros() as u64)),
+        }
+    );
+    let _ = writeln!(
+        s,
+        "duration       {}",
+        fmt_us(p.duration.as_micros() as u64)
+    );
+    let _ = write!(
+        s,
+        "workers        {} x {} fixed-file slots",
+        p.workers, p.slots_per_ring
+    );
+    s
+}
+
 /// Everything measured in one run.
 pub struct Outcome<'a> {
     pub plan: &'a Plan,
