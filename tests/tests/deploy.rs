@@ -743,6 +743,27 @@ fn serve_echo_under_profile(py: &Path, runner: &Path, engine: &str) {
         }
         panic!("echo through serve --engine {engine} under the seccomp profile: {e}\n{text}");
     }
+    // The load generator runs under the same profile in deploy/kubernetes/load-job.yaml: its io_uring
+    // connects, its own addresses (netlink) and its metrics listener.
+    if engine == "uring" {
+        let out = Command::new(py)
+            .arg(runner)
+            .arg(profile())
+            .arg("--")
+            .arg(binary())
+            .args(["load", "--target", &addr, "--connections", "100"])
+            .args(["--sources", "host:127.0.0.0/8", "--interval", "200ms"])
+            .args(["--duration", "1s", "--metrics-listen", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("result         OK"),
+            "ringhold load under the seccomp profile: {:?}\n{stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(30);
