@@ -462,7 +462,11 @@ fn manifests_name_the_image_the_build_script_makes() {
         assert_eq!(images, [image.as_str()], "{f}");
         let uid = yaml_value(&text, "runAsUser").unwrap();
         let gid = yaml_value(&text, "runAsGroup").unwrap();
-        assert_eq!(format!("{uid}:{gid}"), user, "{f}: runAsUser/runAsGroup = USER");
+        assert_eq!(
+            format!("{uid}:{gid}"),
+            user,
+            "{f}: runAsUser/runAsGroup = USER"
+        );
         assert_eq!(yaml_value(&text, "runAsNonRoot").as_deref(), Some("true"));
     }
     assert!(
@@ -470,7 +474,9 @@ fn manifests_name_the_image_the_build_script_makes() {
             .unwrap()
             .filter_map(Result::ok)
             .filter(|e| e.path().extension().is_some_and(|x| x == "yaml"))
-            .any(|e| std::fs::read_to_string(e.path()).unwrap().contains(".invalid/")),
+            .any(|e| std::fs::read_to_string(e.path())
+                .unwrap()
+                .contains(".invalid/")),
         "no placeholder registry left in the manifests"
     );
 }
@@ -516,7 +522,11 @@ fn load_job_runs_one_part_per_index() {
             .find_map(|a| a.strip_prefix(&format!("--{name}=")))
             .unwrap_or_else(|| panic!("--{name} in {args:?}"))
     };
-    let port = arg("metrics-listen").rsplit(':').next().unwrap().to_string();
+    let port = arg("metrics-listen")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
     assert_eq!(
         yaml_value(&job, "prometheus.io/port"),
         Some(port.clone()),
