@@ -8,7 +8,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 
 use ringhold_core::{CloseReason, RejectReason, ShardCounters};
-use ringhold_metrics::{install, names, render, ShardMetrics};
+use ringhold_metrics::{
+    install, install_load, names, render, upkeep, LoadCounters, LoadMetrics, ShardMetrics,
+};
 
 fn scrape(addr: SocketAddr) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -204,4 +206,88 @@ fn exporter_end_to_end() {
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
+
+    load_side_on_the_same_recorder();
+}
+
+/// `ringhold load --metrics-listen`: its series on the same recorder, exact after a flush, the latency
+/// histogram in its buckets (folded by `upkeep`, as with nobody scraping), promtool-clean.
+fn load_side_on_the_same_recorder() {
+    let addr = install_load("127.0.0.1:0".parse().unwrap(), "1/3").unwrap();
+    let m = LoadMetrics::new(&["refused", "reset"]);
+    let text = scrape(addr);
+    let s = samples(&text);
+    assert_eq!(s[r#"ringhold_load_connections{state="waiting"}"#], 0.0);
+    assert_eq!(s[r#"ringhold_load_failures_total{cause="reset"}"#], 0.0);
+    assert_eq!(
+        s[r#"ringhold_load_build_info{part="1/3",version="0.1.0"}"#],
+        1.0
+    );
+    assert!(s["ringhold_load_resident_memory_bytes"] > 0.0);
+
+    let c = LoadCounters {
+        states: [1, 2, 30, 4, 0],
+        opened: 34,
+        heartbeats_sent: 100,
+        heartbeats_echoed: 97,
+        heartbeats_late: 3,
+        heartbeats_outstanding: 3,
+        bytes_sent: 6400,
+        bytes_received: 6208,
+    };
+    m.flush(&c, &[4, 0]);
+    m.record_latency(0.0003, 5);
+    m.record_latency(2.0, 1);
+    upkeep();
+    let text = scrape(addr);
+    let s = samples(&text);
+    let g = |k: &str| *s.get(k).unwrap_or_else(|| panic!("missing {k} in\n{text}"));
+    assert_eq!(g(r#"ringhold_load_connections{state="open"}"#), 30.0);
+    assert_eq!(g(r#"ringhold_load_connections{state="connecting"}"#), 2.0);
+    assert_eq!(g(r#"ringhold_load_failures_total{cause="refused"}"#), 4.0);
+    assert_eq!(g("ringhold_load_connections_opened_total"), 34.0);
+    assert_eq!(g("ringhold_load_heartbeats_echoed_total"), 97.0);
+    assert_eq!(g("ringhold_load_heartbeats_outstanding"), 3.0);
+    assert_eq!(g("ringhold_load_bytes_received_total"), 6208.0);
+    assert_eq!(
+        g(r#"ringhold_load_latency_seconds_bucket{le="0.00025"}"#),
+        0.0
+    );
+    assert_eq!(
+        g(r#"ringhold_load_latency_seconds_bucket{le="0.0005"}"#),
+        5.0
+    );
+    assert_eq!(g(r#"ringhold_load_latency_seconds_bucket{le="1"}"#), 5.0);
+    assert_eq!(g(r#"ringhold_load_latency_seconds_bucket{le="2.5"}"#), 6.0);
+    assert_eq!(g(r#"ringhold_load_latency_seconds_bucket{le="+Inf"}"#), 6.0);
+    assert_eq!(g("ringhold_load_latency_seconds_count"), 6.0);
+    assert!((g("ringhold_load_latency_seconds_sum") - 2.0015).abs() < 1e-9);
+    for name in names::ALL_LOAD {
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "no HELP for {name}"
+        );
+    }
+    assert!(text.contains("# TYPE ringhold_load_latency_seconds histogram"));
+    if let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+            "promtool check metrics:\n{}{}\n--- scrape ---\n{text}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
