@@ -9,6 +9,7 @@
 //! This crate must not grow server code: it talks to a server only through its sockets.
 
 mod bufring;
+mod fleet;
 mod kernel;
 mod pattern;
 mod plan;
