@@ -143,7 +143,7 @@ with socket.create_connection((host, int(port)), timeout=10) as s:
 assert got == msg, f"echo: sent {len(msg)} bytes, got {len(got)} back (equal: {got == msg[:len(got)]})"
 host, port = sys.argv[2].rsplit(":", 1)
 with socket.create_connection((host, int(port)), timeout=10) as s:
-    s.sendall(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+    s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     body = b""
     while True:
         chunk = s.recv(65536)
