@@ -121,6 +121,12 @@ impl Bucket {
         }
     }
 
+    /// Gives `n` tokens back (a reservation that was not used), up to the burst.
+    pub fn give_back(&mut self, spec: &BucketSpec, now_ms: u32, n: f64) {
+        self.refill(spec, now_ms);
+        self.tokens = (self.tokens as f64 + n).min(spec.burst) as f32;
+    }
+
     /// Takes one token only if one is there: `Err(wait)` otherwise.
     pub fn try_take_one(&mut self, spec: &BucketSpec, now_ms: u32) -> Result<(), Duration> {
         self.refill(spec, now_ms);

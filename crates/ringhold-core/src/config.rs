@@ -79,6 +79,9 @@ pub struct EngineConfig {
     pub max_conn_rate: Option<BucketSpec>,
     /// io_uring: accept into the ring's fixed-file table (direct descriptors).
     pub direct_descriptors: bool,
+    /// io_uring: wait for up to this many completions, at most `.1` microseconds after the first one
+    /// arrived (min-wait batching, kernel 6.12+); `None` returns on the first completion.
+    pub completion_batch: Option<(u32, u32)>,
     /// io_uring: fixed-file table slots per ring (0 = from RLIMIT_NOFILE).
     pub fixed_files: u32,
 }
@@ -101,6 +104,7 @@ impl Default for EngineConfig {
             check_every: 1,
             max_conn_rate: None,
             direct_descriptors: true,
+            completion_batch: Some((64, 100)),
             fixed_files: 0,
         }
     }

@@ -27,6 +27,7 @@ pub trait Sink {
 pub const MAX_GENERATED: usize = 512;
 
 use crate::http::{HttpConfig, HttpConn, HttpStats};
+use crate::ws::{WsConfig, WsConn, WsStats};
 
 /// What a protocol tells the machine after handling input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,15 +69,18 @@ pub enum Protocol {
     Echo,
     /// HTTP/1.1 keep-alive (the http-kit benchmark handler, [`crate::http`]).
     Http,
+    /// RFC 6455 WebSocket echo ([`crate::ws`]).
+    Websocket,
 }
 
 impl Protocol {
-    pub const ALL: [Protocol; 2] = [Protocol::Echo, Protocol::Http];
+    pub const ALL: [Protocol; 3] = [Protocol::Echo, Protocol::Http, Protocol::Websocket];
 
     pub fn name(self) -> &'static str {
         match self {
             Protocol::Echo => "echo",
             Protocol::Http => "http",
+            Protocol::Websocket => "websocket",
         }
     }
 
@@ -85,6 +89,7 @@ impl Protocol {
         match self {
             Protocol::Echo => ProtoState::Echo,
             Protocol::Http => ProtoState::Http(HttpConn::default()),
+            Protocol::Websocket => ProtoState::Ws(WsConn::default()),
         }
     }
 }
@@ -93,12 +98,14 @@ impl Protocol {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProtoConfig {
     pub http: HttpConfig,
+    pub ws: WsConfig,
 }
 
 /// The protocols' counters (per shard, flushed with the shard's counters).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProtoStats {
     pub http: HttpStats,
+    pub ws: WsStats,
 }
 
 /// A connection's protocol state: a small `Copy` value inside `Conn`.
@@ -107,6 +114,7 @@ pub enum ProtoState {
     #[default]
     Echo,
     Http(HttpConn),
+    Ws(WsConn),
 }
 
 impl ProtoState {
@@ -125,6 +133,31 @@ impl ProtoState {
                 Step::Continue
             }
             ProtoState::Http(h) => h.on_input(&cfg.http, ctx, input, sink, &mut stats.http),
+            ProtoState::Ws(w) => w.on_input(&cfg.ws, ctx, input, sink, &mut stats.ws),
+        }
+    }
+
+    /// Whether the protocol can probe a quiet peer (a WebSocket ping), so that the idle clock asks
+    /// [`ProtoState::on_quiet`] halfway through before it closes.
+    pub fn probes(&self) -> bool {
+        matches!(self, ProtoState::Ws(_))
+    }
+
+    /// The peer has been quiet for half the idle timeout: send a probe if the protocol has one.
+    /// Returns whether it did.
+    pub fn on_quiet(&mut self, stats: &mut ProtoStats, sink: &mut impl Sink) -> bool {
+        match self {
+            ProtoState::Echo | ProtoState::Http(_) => false,
+            ProtoState::Ws(w) => w.on_quiet(sink, &mut stats.ws),
+        }
+    }
+
+    /// The server closes for its own reason (idle timeout, drain): the protocol's goodbye, if it has
+    /// one (a WebSocket close frame 1001), goes out before the FIN.
+    pub fn on_server_close(&mut self, stats: &mut ProtoStats, sink: &mut impl Sink) {
+        match self {
+            ProtoState::Echo | ProtoState::Http(_) => {}
+            ProtoState::Ws(w) => w.on_server_close(sink, &mut stats.ws),
         }
     }
 
@@ -139,6 +172,7 @@ impl ProtoState {
         match self {
             ProtoState::Echo => Step::Continue,
             ProtoState::Http(h) => h.on_peer_fin(ctx, sink, &mut stats.http),
+            ProtoState::Ws(w) => w.on_peer_fin(sink, &mut stats.ws),
         }
     }
 }

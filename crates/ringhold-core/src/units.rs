@@ -46,6 +46,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
     let n: u64 = num.parse().map_err(|_| format!("'{s}' is too large"))?;
     let d = match unit.trim() {
+        "us" | "µs" => Duration::from_micros(n),
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
         "m" | "min" => Duration::from_secs(n.saturating_mul(60)),
@@ -53,7 +54,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "" => return Err(format!("'{s}' needs a unit (ms, s, m, h)")),
         other => {
             return Err(format!(
-                "'{s}': unknown duration unit '{other}' (use ms, s, m, h)"
+                "'{s}': unknown duration unit '{other}' (use us, ms, s, m, h)"
             ))
         }
     };

@@ -57,9 +57,31 @@ pub fn submit_and_wait(
     submitter: &io_uring::Submitter<'_>,
     timeout: std::time::Duration,
 ) -> io::Result<()> {
+    submit_and_wait_batch(submitter, timeout, None)
+}
+
+/// How a shard batches its waits: wait for up to `want` completions, but no longer than `min_wait`
+/// once one has arrived (IORING_ENTER_EXT_ARG min-wait, kernel 6.12+).
+#[derive(Clone, Copy, Debug)]
+pub struct Batch {
+    pub want: usize,
+    pub min_wait_usec: u32,
+}
+
+/// [`submit_and_wait`], batching completions as `batch` says (`None`: return on the first).
+pub fn submit_and_wait_batch(
+    submitter: &io_uring::Submitter<'_>,
+    timeout: std::time::Duration,
+    batch: Option<Batch>,
+) -> io::Result<()> {
     let ts = io_uring::types::Timespec::from(timeout);
-    let args = io_uring::types::SubmitArgs::new().timespec(&ts);
-    match submitter.submit_with_args(1, &args) {
+    let mut args = io_uring::types::SubmitArgs::new().timespec(&ts);
+    let mut want = 1;
+    if let Some(b) = batch {
+        args = args.min_wait_usec(b.min_wait_usec);
+        want = b.want;
+    }
+    match submitter.submit_with_args(want, &args) {
         Ok(_) => Ok(()),
         Err(e)
             if matches!(
@@ -87,7 +109,7 @@ impl Io<'_> {
             // SAFETY: every SQE a shard builds points only at memory that outlives the operation: the
             // buffer ring's memory (owned by the shard, dropped after the ring), the machine's generated
             // slots and static bytes (stable until the connection's slot is released, which waits for
-            // every operation to complete), the boxed setsockopt values, or nothing.
+            // every operation to complete), the boxed setsockopt and SO_LINGER values, or nothing.
             if unsafe { self.sq.push(&e) }.is_ok() {
                 return Ok(());
             }

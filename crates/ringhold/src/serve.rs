@@ -111,6 +111,10 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
                 max_body_bytes: args.max_body_size,
                 ..ringhold_core::http::HttpConfig::default()
             },
+            ws: ringhold_core::ws::WsConfig {
+                max_message_size: args.max_message_size,
+                max_header_bytes: args.max_header_size as usize,
+            },
         },
         keepalive: args.tcp_keepalive.0,
         max_queued_buffers: args.pending_buffers as u16,
@@ -120,6 +124,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         check_every: args.check_every,
         max_conn_rate: args.max_conn_rate,
         direct_descriptors: direct,
+        completion_batch: args.completion_batch.0,
         fixed_files: fixed_files.min(u32::MAX as u64) as u32,
     });
     let shared = Arc::new(Shared::with_conn_rate(

@@ -29,6 +29,9 @@
 //!   an RST. Errors and send timeouts close at once.
 //! - The protocol ([`crate::protocol`]) sees every received buffer and answers through a sink.
 
+mod clock;
+mod fair;
+mod input;
 pub mod out;
 pub mod throttle;
 
@@ -41,21 +44,19 @@ use std::time::Duration;
 
 use crate::bucket::{Bucket, BucketSpec};
 use crate::conn::{flag, Conn};
-use crate::protocol::{Closing, Ctx, ProtoConfig, Protocol, Sink, Step, MAX_GENERATED};
+use crate::protocol::{Closing, Ctx, ProtoConfig, Protocol, Step};
 use crate::slab::Slots;
-use crate::wheel::{Check, TimerWheel};
+use crate::wheel::TimerWheel;
 use crate::{CloseReason, EngineConfig, RejectReason, ShardCounters, Shared};
 
+use clock::Ticks;
+use input::{Recorder, Said};
 pub use out::Front;
-use out::{Out, Queue, Seg};
+use out::Out;
 use throttle::{ceil_ms, Throttles};
 
 /// Receive buffers a shard starts with; the pool grows on demand (doubling) up to `--buffers`.
 pub const INITIAL_BUFFERS: u16 = 1024;
-
-/// Static bytes up to this size are copied into the connection's generated slot rather than sent as a
-/// segment of their own, so that pipelined small responses go out in one send.
-const COPY_STATIC_MAX: usize = 1024;
 
 /// A connection: its slot (descriptor) and the slot's generation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -78,6 +79,10 @@ pub enum Action {
     ShutdownWrite(Id),
     /// Close the descriptor once nothing is in flight for it, then call [`Machine::released`].
     Close(Id),
+    /// Like `Close`, but with an RST (SO_LINGER 0): bytes we owe the peer cannot be delivered (a send
+    /// timeout, the drain deadline, an error), so the kernel frees them at once instead of keeping
+    /// an orphaned socket that waits on a peer that does not read.
+    Abort(Id),
     /// Add buffers `from .. from + count` to the pool (the machine counts them from now on). The
     /// memory of every buffer up to `--buffers` is reserved at start-up but committed only when used.
     Provide { from: u16, count: u16 },
@@ -139,17 +144,6 @@ struct Limiter {
     reads_since_check: u16,
 }
 
-/// Wheel ticks of the three clocks (0 = that clock is off).
-#[derive(Clone, Copy, Debug)]
-struct Ticks {
-    idle: u32,
-    send: u32,
-    linger: u32,
-}
-
-/// A deadline that is not one: the wheel parks the entry at its far end and looks again then.
-const PARK: u32 = u32::MAX;
-
 /// The per-shard connection machine.
 pub struct Machine {
     lim: Limits,
@@ -185,45 +179,6 @@ pub struct Machine {
     pub counters: ShardCounters,
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Said {
-    Input { off: usize, len: usize },
-    Static(&'static [u8]),
-    Generated { off: usize, len: usize },
-}
-
-/// Records what a protocol says (it holds the input mutably, so the bytes are resolved afterwards).
-struct Recorder<'a> {
-    said: &'a mut Vec<Said>,
-    generated: &'a mut Vec<u8>,
-}
-
-impl Sink for Recorder<'_> {
-    fn input(&mut self, off: usize, len: usize) {
-        if len > 0 {
-            self.said.push(Said::Input { off, len });
-        }
-    }
-
-    fn bytes_static(&mut self, bytes: &'static [u8]) {
-        if !bytes.is_empty() {
-            self.said.push(Said::Static(bytes));
-        }
-    }
-
-    fn generated(&mut self, bytes: &[u8]) {
-        debug_assert!(bytes.len() <= MAX_GENERATED);
-        if !bytes.is_empty() {
-            let off = self.generated.len();
-            self.generated.extend_from_slice(bytes);
-            self.said.push(Said::Generated {
-                off,
-                len: bytes.len(),
-            });
-        }
-    }
-}
-
 impl Machine {
     pub fn new(cfg: &EngineConfig, shared: Arc<Shared>) -> Machine {
         let lim = Limits::new(cfg);
@@ -245,6 +200,11 @@ impl Machine {
                 idle: ticks(lim.idle_timeout),
                 send: ticks(lim.send_timeout),
                 linger: ticks(Some(lim.linger_timeout)),
+                probe: if lim.protocol.start().probes() {
+                    ticks(lim.idle_timeout.map(|d| d / 2))
+                } else {
+                    0
+                },
             },
             wheel,
             shared,
@@ -330,23 +290,6 @@ impl Machine {
         self.drain_deadline.is_some() && self.slots.live() == 0
     }
 
-    /// When the engine must call [`Machine::tick`] next at the latest (shard milliseconds).
-    pub fn next_deadline(&self) -> Option<u64> {
-        // The next tick boundary, rounded up to a whole millisecond (a tick need not be a whole
-        // number of them): calling `tick` then always moves the wheel.
-        let tick_ns = self.wheel.tick().as_nanos();
-        let mut d = (!self.wheel.is_empty())
-            .then(|| ((self.wheel.now() as u128 + 1) * tick_ns).div_ceil(1_000_000) as u64);
-        let drain = self.drain_deadline.filter(|_| !self.drain_forced);
-        for t in [self.throttles.next_due(), drain].into_iter().flatten() {
-            d = Some(d.map_or(t, |d| d.min(t)));
-        }
-        if !self.waiters.is_empty() && self.free_buffers() > self.promised {
-            d = Some(self.now_ms);
-        }
-        d
-    }
-
     /// Buffers the engine's pool starts with (`0 .. initial_buffers()`); more come with
     /// [`Action::Provide`].
     pub fn initial_buffers(&self) -> u16 {
@@ -364,45 +307,6 @@ impl Machine {
     /// The `Date` header value protocols use (the engine sets it about once a second).
     pub fn set_date(&mut self, date: [u8; 29]) {
         self.date = date;
-    }
-
-    /// Buffers in the engine's pool now.
-    fn free_buffers(&self) -> u32 {
-        self.capacity.saturating_sub(self.out.buffers_held())
-    }
-
-    /// Grows the pool (doubling, up to `--buffers`) once a quarter of it or less is free.
-    fn maybe_grow(&mut self) {
-        let max = self.lim.buffers as u32;
-        if self.capacity >= max || self.free_buffers() > self.capacity / 4 {
-            return;
-        }
-        let count = self.capacity.min(max - self.capacity);
-        self.actions.push_back(Action::Provide {
-            from: self.capacity as u16,
-            count: count as u16,
-        });
-        self.capacity += count;
-    }
-
-    /// Keeps `holders` right when a connection's holding goes from `before` to `after`.
-    fn note_holding(&mut self, before: u16, after: u16) {
-        match (before, after) {
-            (0, a) if a > 0 => self.holders += 1,
-            (b, 0) if b > 0 => self.holders -= 1,
-            _ => {}
-        }
-    }
-
-    /// The tick of shard time `ms` on the wheel.
-    fn tick_of(&self, ms: u64) -> u32 {
-        self.wheel.tick_of(Duration::from_millis(ms))
-    }
-
-    /// The wheel tick of the last time an event told (clocks start from it; the wheel itself moves
-    /// only in `tick` and may lag while no deadline asked for one).
-    fn now_tick(&self) -> u32 {
-        self.tick_of(self.now_ms)
     }
 
     // ------------------------------------------------------------------ events
@@ -581,6 +485,8 @@ impl Machine {
         if c.out.is_empty() {
             return;
         }
+        // Progress: the stall clock starts again, and once the queue is empty the idle clock runs
+        // from here (we had bytes for the peer until now, so it was not idle).
         c.stamp = tick;
         let before = c.queued;
         let r = self.out.consume(&mut c.out, n);
@@ -675,223 +581,6 @@ impl Machine {
 
     // ------------------------------------------------------------------ rules
 
-    /// Hands the received buffer (after any held bytes) to the protocol and queues what it answered.
-    fn run_protocol(&mut self, pool: &mut impl Pool, idx: u32, gen: u32, bid: u16, n: u32) -> Step {
-        let date = self.date;
-        let ctx = Ctx { date: &date };
-        let c = self.slots.get_mut(idx, gen).expect("live");
-        let mut rec = Recorder {
-            said: &mut self.said,
-            generated: &mut self.generated,
-        };
-        if c.hold.is_empty() {
-            let input = &mut pool.bytes_mut(bid)[..n as usize];
-            let step = c.proto.on_input(
-                &self.lim.proto,
-                &ctx,
-                &mut self.counters.proto,
-                input,
-                &mut rec,
-            );
-            let mut took = false;
-            let mut hold_from = None;
-            if let Step::Hold { from } = step {
-                hold_from = Some(from.min(n as usize));
-            }
-            // Replay: input ranges point into the buffer in place.
-            let said = std::mem::take(&mut self.said);
-            for s in &said {
-                match *s {
-                    Said::Input { off, len } => {
-                        took |= self.out.ref_buffer(bid);
-                        self.out.push(
-                            &mut c.out,
-                            Seg::Buf {
-                                bid,
-                                off: off as u32,
-                                len: len as u32,
-                            },
-                        );
-                    }
-                    Said::Static(b) => push_static(&mut self.out, c, b),
-                    Said::Generated { off, len } => {
-                        if self
-                            .out
-                            .push_copy(&mut c.out, &self.generated[off..off + len])
-                        {
-                            c.queued += 1;
-                        }
-                    }
-                }
-            }
-            self.said = said;
-            self.said.clear();
-            self.generated.clear();
-            if let Some(from) = hold_from {
-                if from < n as usize {
-                    took |= self.out.ref_buffer(bid);
-                    self.out.push(
-                        &mut c.hold,
-                        Seg::Buf {
-                            bid,
-                            off: from as u32,
-                            len: n - from as u32,
-                        },
-                    );
-                }
-            }
-            if self.out.refs(bid) == 0 {
-                pool.recycle(bid);
-            } else if took {
-                c.queued += 1;
-            }
-            return step;
-        }
-        // Held bytes first: gather them and the new bytes into one slice.
-        self.scratch.clear();
-        let mut hold = c.hold;
-        while let Some(f) = self.out.front(&hold) {
-            match f {
-                Front::Buf { bid: b, off, len } => self
-                    .scratch
-                    .extend_from_slice(&pool.bytes_mut(b)[off as usize..(off + len) as usize]),
-                Front::Bytes(b) => self.scratch.extend_from_slice(b),
-            }
-            let r = self.out.pop(&mut hold);
-            if let Some(b) = r.buffer {
-                pool.recycle(b);
-            }
-            if r.buffer.is_some() || r.slot {
-                c.queued -= 1;
-            }
-        }
-        c.hold = hold;
-        self.scratch
-            .extend_from_slice(&pool.bytes_mut(bid)[..n as usize]);
-        pool.recycle(bid);
-        let mut scratch = std::mem::take(&mut self.scratch);
-        let step = c.proto.on_input(
-            &self.lim.proto,
-            &ctx,
-            &mut self.counters.proto,
-            &mut scratch,
-            &mut rec,
-        );
-        self.replay_copies(idx, gen, &scratch);
-        if let Step::Hold { from } = step {
-            let rest = &scratch[from.min(scratch.len())..];
-            let c = self.slots.get_mut(idx, gen).expect("live");
-            // Kept as generated bytes: a held head is bounded by the protocol's header limit.
-            let mut q = Queue::default();
-            std::mem::swap(&mut q, &mut c.hold);
-            let mut slots = 0;
-            for chunk in rest.chunks(out::GEN_SLOT) {
-                if self.out.push_copy(&mut q, chunk) {
-                    slots += 1;
-                }
-            }
-            c.queued += slots;
-            c.hold = q;
-        }
-        self.scratch = scratch;
-        step
-    }
-
-    /// Queues what the recorder holds, copying input ranges out of `input` (bytes that are not in a
-    /// receive buffer of their own).
-    fn replay_copies(&mut self, idx: u32, gen: u32, input: &[u8]) {
-        let Some(c) = self.slots.get_mut(idx, gen) else {
-            self.said.clear();
-            self.generated.clear();
-            return;
-        };
-        for s in &self.said {
-            let took = match *s {
-                Said::Input { off, len } => match input.get(off..off + len) {
-                    Some(b) => self.out.push_copy(&mut c.out, b),
-                    None => false,
-                },
-                Said::Static(b) => {
-                    push_static(&mut self.out, c, b);
-                    false
-                }
-                Said::Generated { off, len } => self
-                    .out
-                    .push_copy(&mut c.out, &self.generated[off..off + len]),
-            };
-            if took {
-                c.queued += 1;
-            }
-        }
-        self.said.clear();
-        self.generated.clear();
-    }
-
-    /// `--rate-limit` / `--message-rate`: takes `n` bytes and one read; every `--check-every` reads,
-    /// the pause the buckets ask for (the longer of the two), if any.
-    fn rate_check(&mut self, idx: u32, n: u32) -> Option<Duration> {
-        if !self.lim.rate_limited() {
-            return None;
-        }
-        let now = self.now_ms as u32;
-        let l = &mut self.limiters[idx as usize];
-        let mut pause = None;
-        if let Some(spec) = &self.lim.rate {
-            pause = pause.max(l.bytes.take(spec, now, n as f64));
-        }
-        if let Some(spec) = &self.lim.msgs {
-            pause = pause.max(l.msgs.take(spec, now, 1.0));
-        }
-        l.reads_since_check += 1;
-        if l.reads_since_check < self.lim.check_every {
-            return None;
-        }
-        l.reads_since_check = 0;
-        pause
-    }
-
-    /// How many buffers a connection may hold before it stops reading. The pool (up to `--buffers`,
-    /// counting what it can still grow by) keeps a reserve of 1/8 for connections that hold none, and
-    /// owes every other connection that holds none one buffer; what is left is shared among the
-    /// connections holding buffers, each getting 1 plus its share, at most `--pending-buffers`. Once
-    /// only the reserve is free, 0: a connection holding any buffer stops reading, so that a
-    /// well-behaved client among thousands of peers that never read what they are sent is still served.
-    /// When a shard holds more connections than buffers, each connection echoes one buffer at a time.
-    pub fn allowance(&self) -> u16 {
-        let max = self.lim.buffers as u32;
-        let free = max.saturating_sub(self.out.buffers_held());
-        let reserve = max / 8;
-        if free <= reserve {
-            return 0;
-        }
-        let owed = (self.slots.live() as u32).saturating_sub(self.holders);
-        let spare = free.saturating_sub(reserve + owed);
-        (1 + spare / (self.holders + 1)).min(self.lim.max_queued as u32) as u16
-    }
-
-    /// Whether receives should take one buffer at a time (a rate limit is set, or buffers are short):
-    /// then a decision to stop reading takes effect at once.
-    pub fn single_reads(&self) -> bool {
-        self.lim.rate_limited() || self.allowance() < self.lim.max_queued
-    }
-
-    /// Sets or clears backpressure after a connection's holding (or the pool) changed.
-    fn check_allowance(&mut self, idx: u32, gen: u32) {
-        let allowance = self.allowance();
-        let Some(c) = self.slots.get_mut(idx, gen) else {
-            return;
-        };
-        let over = c.queued >= allowance.max(1);
-        if over && !c.has(flag::BACKPRESSURE) {
-            c.set(flag::BACKPRESSURE);
-            if c.queued < self.lim.max_queued {
-                self.counters.reserve_pauses += 1;
-            }
-        } else if !over && c.has(flag::BACKPRESSURE) {
-            c.clear(flag::BACKPRESSURE);
-        }
-    }
-
     /// Brings the engine in line with the connection's state: start a send cycle, finish a graceful
     /// close, start or stop receiving.
     fn sync(&mut self, idx: u32, gen: u32) {
@@ -973,6 +662,19 @@ impl Machine {
             return;
         }
         self.count_close(idx, gen, reason);
+        if matches!(reason, CloseReason::IdleTimeout | CloseReason::Shutdown) {
+            // The protocol's goodbye (a WebSocket close frame) before our FIN.
+            let c = self.slots.get_mut(idx, gen).expect("live");
+            let mut rec = Recorder {
+                said: &mut self.said,
+                generated: &mut self.generated,
+            };
+            c.proto.on_server_close(&mut self.counters.proto, &mut rec);
+            let before = c.queued;
+            self.replay_copies(idx, gen, &[]);
+            let after = self.slots.get(idx, gen).map_or(0, |c| c.queued);
+            self.note_holding(before, after);
+        }
         // Held input (never to complete now) is given back when the slot is released.
         self.slots
             .get_mut(idx, gen)
@@ -991,139 +693,14 @@ impl Machine {
         if c.has(flag::CLOSED) {
             return;
         }
+        let abort = c.output_pending();
         c.set(flag::CLOSED);
         c.clear(flag::READING | flag::SENDING);
-        self.actions.push_back(Action::Close(Id { idx, gen }));
-    }
-
-    /// Wakes as many waiters as there are free buffers not yet spoken for, oldest first.
-    fn wake_waiters(&mut self) {
-        let mut free = self.free_buffers().saturating_sub(self.promised);
-        let tick = self.now_tick();
-        while free > 0 {
-            let Some(Id { idx, gen }) = self.waiters.pop_front() else {
-                break;
-            };
-            if let Some(c) = self.slots.get_mut(idx, gen) {
-                if c.has(flag::WAIT_BUFFER) {
-                    c.clear(flag::WAIT_BUFFER);
-                    c.stamp = tick;
-                    self.waiting -= 1;
-                    self.promised += 1;
-                    free -= 1;
-                    self.sync(idx, gen);
-                }
-            }
-        }
-    }
-
-    // ------------------------------------------------------------------ clocks
-
-    /// Puts the connection's one live entry on the wheel at its deadline.
-    fn schedule(&mut self, idx: u32, gen: u32) {
-        let now = self.now_tick();
-        let Some(c) = self.slots.get_mut(idx, gen) else {
-            return;
-        };
-        if let Some(d) = deadline(c, now, self.ticks) {
-            c.due = self.wheel.schedule(idx, gen, d);
-        }
-    }
-
-    /// A clock started that may end before the one the wheel entry is for (stalled before idle,
-    /// lingering before stalled): a new entry supersedes the old one, which is dropped when it comes up.
-    fn reschedule_if_earlier(&mut self, idx: u32, gen: u32) {
-        let now = self.now_tick();
-        let Some(c) = self.slots.get(idx, gen) else {
-            return;
-        };
-        if deadline(c, now, self.ticks).is_some_and(|d| d < c.due) {
-            self.schedule(idx, gen);
-        }
-    }
-
-    fn expire(&mut self, now_ms: u64) {
-        let to = self.tick_of(now_ms);
-        if to <= self.wheel.now() {
-            return;
-        }
-        let mut expired = std::mem::take(&mut self.expired);
-        let (slots, ticks) = (&mut self.slots, self.ticks);
-        self.wheel.advance(
-            to,
-            |i, g, tick, place| {
-                let Some(c) = slots.get_mut(i, g) else {
-                    return Check::Gone;
-                };
-                if c.due != tick {
-                    return Check::Gone; // superseded by an earlier entry
-                }
-                match deadline(c, tick, ticks) {
-                    None => Check::Gone,
-                    Some(d) => {
-                        // Moved on, or expired: then the connection has no entry until the next
-                        // clock starts (`u32::MAX` is later than any deadline).
-                        c.due = if d > tick { place(d) } else { u32::MAX };
-                        Check::Due(d)
-                    }
-                }
-            },
-            &mut expired,
-        );
-        for &(idx, gen) in &expired {
-            let Some(c) = self.slots.get(idx, gen) else {
-                continue;
-            };
-            if c.has(flag::CLOSED) {
-                continue; // a second entry of the same connection
-            }
-            if c.has(flag::LINGER) {
-                self.counters.linger_timeouts += 1;
-                self.close_now(idx, gen, CloseReason::Shutdown);
-            } else if c.output_pending() {
-                self.close_now(idx, gen, CloseReason::SendTimeout);
-            } else {
-                self.close_gracefully(idx, gen, CloseReason::IdleTimeout);
-            }
-        }
-        expired.clear();
-        self.expired = expired;
-    }
-}
-
-/// Queues static bytes: small ones are copied into the connection's generated slot (one send for a
-/// pipelined batch of small responses), large ones go out from where they are.
-fn push_static(out: &mut Out, c: &mut Conn, b: &'static [u8]) {
-    if b.len() <= COPY_STATIC_MAX {
-        if out.push_copy(&mut c.out, b) {
-            c.queued += 1;
-        }
-    } else {
-        out.push(&mut c.out, Seg::Static(b));
-    }
-}
-
-/// The tick at which `c`'s running clock runs out (`now`: the wheel's tick), if one runs.
-fn deadline(c: &Conn, now: u32, t: Ticks) -> Option<u32> {
-    if c.has(flag::CLOSED) {
-        return None;
-    }
-    if c.has(flag::LINGER) {
-        return Some(c.stamp.wrapping_add(t.linger));
-    }
-    if c.output_pending() {
-        return Some(if t.send > 0 {
-            c.stamp.wrapping_add(t.send)
+        let id = Id { idx, gen };
+        self.actions.push_back(if abort {
+            Action::Abort(id)
         } else {
-            PARK
+            Action::Close(id)
         });
     }
-    if t.idle == 0 {
-        return Some(PARK);
-    }
-    if c.has(flag::THROTTLED | flag::WAIT_BUFFER | flag::FLUSH_CLOSE) {
-        // We are the ones not reading: not idle. Looked at again one timeout from now.
-        return Some(now.saturating_add(t.idle));
-    }
-    Some(c.stamp.wrapping_add(t.idle))
 }

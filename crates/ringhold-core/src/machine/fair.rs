@@ -1,0 +1,98 @@
+//! Buffer fairness: how many buffers a connection may hold, when the pool grows, and who gets a buffer
+//! that comes free.
+
+use super::{Action, Id, Machine};
+use crate::conn::flag;
+
+impl Machine {
+    /// Buffers in the engine's pool now.
+    pub(super) fn free_buffers(&self) -> u32 {
+        self.capacity.saturating_sub(self.out.buffers_held())
+    }
+
+    /// Grows the pool (doubling, up to `--buffers`) once a quarter of it or less is free.
+    pub(super) fn maybe_grow(&mut self) {
+        let max = self.lim.buffers as u32;
+        if self.capacity >= max || self.free_buffers() > self.capacity / 4 {
+            return;
+        }
+        let count = self.capacity.min(max - self.capacity);
+        self.actions.push_back(Action::Provide {
+            from: self.capacity as u16,
+            count: count as u16,
+        });
+        self.capacity += count;
+    }
+
+    /// Keeps `holders` right when a connection's holding goes from `before` to `after`.
+    pub(super) fn note_holding(&mut self, before: u16, after: u16) {
+        match (before, after) {
+            (0, a) if a > 0 => self.holders += 1,
+            (b, 0) if b > 0 => self.holders -= 1,
+            _ => {}
+        }
+    }
+
+    /// How many buffers a connection may hold before it stops reading. The pool (up to `--buffers`,
+    /// counting what it can still grow by) keeps a reserve of 1/8 for connections that hold none, and
+    /// owes every other connection that holds none one buffer; what is left is shared among the
+    /// connections holding buffers, each getting 1 plus its share, at most `--pending-buffers`. Once
+    /// only the reserve is free, 0: a connection holding any buffer stops reading, so that a
+    /// well-behaved client among thousands of peers that never read what they are sent is still served.
+    /// When a shard holds more connections than buffers, each connection echoes one buffer at a time.
+    pub fn allowance(&self) -> u16 {
+        let max = self.lim.buffers as u32;
+        let free = max.saturating_sub(self.out.buffers_held());
+        let reserve = max / 8;
+        if free <= reserve {
+            return 0;
+        }
+        let owed = (self.slots.live() as u32).saturating_sub(self.holders);
+        let spare = free.saturating_sub(reserve + owed);
+        (1 + spare / (self.holders + 1)).min(self.lim.max_queued as u32) as u16
+    }
+
+    /// Whether receives should take one buffer at a time (a rate limit is set, or buffers are short):
+    /// then a decision to stop reading takes effect at once.
+    pub fn single_reads(&self) -> bool {
+        self.lim.rate_limited() || self.allowance() < self.lim.max_queued
+    }
+
+    /// Sets or clears backpressure after a connection's holding (or the pool) changed.
+    pub(super) fn check_allowance(&mut self, idx: u32, gen: u32) {
+        let allowance = self.allowance();
+        let Some(c) = self.slots.get_mut(idx, gen) else {
+            return;
+        };
+        let over = c.queued >= allowance.max(1);
+        if over && !c.has(flag::BACKPRESSURE) {
+            c.set(flag::BACKPRESSURE);
+            if c.queued < self.lim.max_queued {
+                self.counters.reserve_pauses += 1;
+            }
+        } else if !over && c.has(flag::BACKPRESSURE) {
+            c.clear(flag::BACKPRESSURE);
+        }
+    }
+
+    /// Wakes as many waiters as there are free buffers not yet spoken for, oldest first.
+    pub(super) fn wake_waiters(&mut self) {
+        let mut free = self.free_buffers().saturating_sub(self.promised);
+        let tick = self.now_tick();
+        while free > 0 {
+            let Some(Id { idx, gen }) = self.waiters.pop_front() else {
+                break;
+            };
+            if let Some(c) = self.slots.get_mut(idx, gen) {
+                if c.has(flag::WAIT_BUFFER) {
+                    c.clear(flag::WAIT_BUFFER);
+                    c.stamp = tick;
+                    self.waiting -= 1;
+                    self.promised += 1;
+                    free -= 1;
+                    self.sync(idx, gen);
+                }
+            }
+        }
+    }
+}
