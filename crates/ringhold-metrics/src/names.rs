@@ -22,6 +22,18 @@ pub const LINGERING_CLOSES: &str = "ringhold_lingering_closes_total";
 pub const LINGER_TIMEOUTS: &str = "ringhold_linger_timeouts_total";
 pub const WAITING_FOR_BUFFER: &str = "ringhold_connections_waiting_for_buffer";
 pub const RESERVE_PAUSES: &str = "ringhold_buffer_reserve_pauses_total";
+pub const HTTP_RESPONSES: &str = "ringhold_http_responses_total";
+pub const HTTP_PROTOCOL_ERRORS: &str = "ringhold_http_protocol_errors_total";
+pub const HTTP_CONTINUES: &str = "ringhold_http_continues_total";
+pub const HTTP_TRUNCATED: &str = "ringhold_http_truncated_total";
+pub const WS_UPGRADES: &str = "ringhold_ws_upgrades_total";
+pub const WS_REJECTED: &str = "ringhold_ws_rejected_total";
+pub const WS_FRAMES: &str = "ringhold_ws_frames_total";
+pub const WS_MESSAGES: &str = "ringhold_ws_messages_total";
+pub const WS_PINGS: &str = "ringhold_ws_pings_total";
+pub const WS_PONGS: &str = "ringhold_ws_pongs_total";
+pub const WS_CLOSES_SENT: &str = "ringhold_ws_closes_sent_total";
+pub const WS_CLOSES_RECEIVED: &str = "ringhold_ws_closes_received_total";
 pub const RESIDENT_MEMORY: &str = "ringhold_process_resident_memory_bytes";
 pub const RESIDENT_PER_CONNECTION: &str = "ringhold_resident_bytes_per_connection";
 pub const BUILD_INFO: &str = "ringhold_build_info";
@@ -29,7 +41,7 @@ pub const BUILD_INFO: &str = "ringhold_build_info";
 pub const SCRAPES: &str = "ringhold_metrics_scrapes_total";
 
 /// Every metric name ringhold exports, for tests and docs.
-pub const ALL: [&str; 22] = [
+pub const ALL: [&str; 34] = [
     CONNECTIONS_ACTIVE,
     ACCEPTS,
     CLOSES,
@@ -48,6 +60,18 @@ pub const ALL: [&str; 22] = [
     LINGER_TIMEOUTS,
     WAITING_FOR_BUFFER,
     RESERVE_PAUSES,
+    HTTP_RESPONSES,
+    HTTP_PROTOCOL_ERRORS,
+    HTTP_CONTINUES,
+    HTTP_TRUNCATED,
+    WS_UPGRADES,
+    WS_REJECTED,
+    WS_FRAMES,
+    WS_MESSAGES,
+    WS_PINGS,
+    WS_PONGS,
+    WS_CLOSES_SENT,
+    WS_CLOSES_RECEIVED,
     RESIDENT_MEMORY,
     RESIDENT_PER_CONNECTION,
     BUILD_INFO,
@@ -184,6 +208,66 @@ pub(crate) fn describe() {
         RESERVE_PAUSES,
         Unit::Count,
         "Times a connection holding buffers stopped reading early because the shard's buffer pool ran low (the reserve is kept for connections holding none)."
+    );
+    describe_counter!(
+        HTTP_RESPONSES,
+        Unit::Count,
+        "--protocol http: final responses sent, by request method and status class."
+    );
+    describe_counter!(
+        HTTP_PROTOCOL_ERRORS,
+        Unit::Count,
+        "--protocol http: requests refused for breaking HTTP/1.1, by the status answered (400, 413, 431, 501, 505)."
+    );
+    describe_counter!(
+        HTTP_CONTINUES,
+        Unit::Count,
+        "--protocol http: 100 Continue interim responses sent."
+    );
+    describe_counter!(
+        HTTP_TRUNCATED,
+        Unit::Count,
+        "--protocol http: requests cut short by the client's FIN."
+    );
+    describe_counter!(
+        WS_UPGRADES,
+        Unit::Count,
+        "--protocol websocket: handshakes answered with 101."
+    );
+    describe_counter!(
+        WS_REJECTED,
+        Unit::Count,
+        "--protocol websocket: handshakes refused, by status (400 bad handshake, 426 not an upgrade, 431 head too large)."
+    );
+    describe_counter!(
+        WS_FRAMES,
+        Unit::Count,
+        "--protocol websocket: frames received (in) and sent (out)."
+    );
+    describe_counter!(
+        WS_MESSAGES,
+        Unit::Count,
+        "--protocol websocket: data messages received whole (in) and echoed whole (out)."
+    );
+    describe_counter!(
+        WS_PINGS,
+        Unit::Count,
+        "--protocol websocket: pings received (in) and sent to quiet clients (out)."
+    );
+    describe_counter!(
+        WS_PONGS,
+        Unit::Count,
+        "--protocol websocket: pongs received (in) and sent (out)."
+    );
+    describe_counter!(
+        WS_CLOSES_SENT,
+        Unit::Count,
+        "--protocol websocket: close frames sent, by code (1000, 1001, 1002, 1007, 1009, other, none)."
+    );
+    describe_counter!(
+        WS_CLOSES_RECEIVED,
+        Unit::Count,
+        "--protocol websocket: close frames received."
     );
     describe_gauge!(
         RESIDENT_MEMORY,
