@@ -504,6 +504,9 @@ impl Machine {
         self.note_holding(before, after);
         self.check_allowance(idx, gen);
         self.sync(idx, gen);
+        // The queue may have drained: the idle (or probe) clock may end before the stall clock the
+        // wheel entry is for.
+        self.reschedule_if_earlier(idx, gen);
     }
 
     /// The engine closed `id`'s descriptor and nothing is in flight for it: free the slot and
