@@ -269,6 +269,64 @@ fn scratch(name: &str, engine: Engine) -> PathBuf {
     d
 }
 
+/// Seconds since the epoch of an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), or `None`.
+fn parse_imf_fixdate(v: &str) -> Option<i64> {
+    let b = v.as_bytes();
+    if b.len() != 29 || &v[3..5] != ", " || !v.ends_with(" GMT") {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| v.get(r)?.parse::<i64>().ok();
+    let day = num(5..7)?;
+    let month = 1 + [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| v.get(8..11) == Some(*m))? as i64;
+    let year = num(12..16)?;
+    let (h, mi, sec) = (num(17..19)?, num(20..22)?, num(23..25)?);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + mi * 60 + sec)
+}
+
+/// `Date` is a valid IMF-fixdate near the test's clock (the shard refreshes it about once a second),
+/// and it moves on: a later request on the same idle connection gets a later one.
+fn date_header_is_current_and_ticks(engine: Engine) {
+    let server = start(engine, &[]);
+    let mut c = Raw::connect(&server);
+    let date = |c: &mut Raw| -> i64 {
+        c.send(&get_req("/?length=1"));
+        let r = c.response(false).expect("answer");
+        let d = r.header("date").expect("Date").to_string();
+        parse_imf_fixdate(&d).unwrap_or_else(|| panic!("Date {d:?} is not an IMF-fixdate"))
+    };
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs() as i64
+    };
+    let first = date(&mut c);
+    let slack = secs(5).as_secs() as i64;
+    let skew = now() - first;
+    assert!(
+        (-1..=slack).contains(&skew),
+        "Date is {skew} s behind the clock (allowed: up to {slack})"
+    );
+    let mut last = first;
+    let moved = ringhold_tests::wait_until(secs(10), || {
+        last = date(&mut c);
+        last > first
+    });
+    assert!(moved, "Date stayed at {first} for 10 s (last {last})");
+}
+
 // --- curl -------------------------------------------------------------------------------------------
 
 fn curl(test: &str) -> Option<PathBuf> {
@@ -1083,4 +1141,5 @@ both_engines!(
     idle_keep_alive_closed_by_idle_timeout,
     byte_counters_match_the_wire,
     concurrent_keep_alive_connections,
+    date_header_is_current_and_ticks,
 );
