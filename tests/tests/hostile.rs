@@ -209,7 +209,11 @@ fn starvation(engine: Engine, pool: usize) {
     writers.send("quit");
     let closed = writers.json(secs(60));
     let st = writers.wait(secs(60));
-    assert!(st.success(), "writers.py: {st}; stderr:\n{}", writers.stderr());
+    assert!(
+        st.success(),
+        "writers.py: {st}; stderr:\n{}",
+        writers.stderr()
+    );
     eprintln!("{}: writers {closed}", engine.name());
     server.expect_metric(
         "ringhold_connections_active",
@@ -266,10 +270,18 @@ fn a_connection_we_stopped_reading_is_not_idle(engine: Engine) {
         }
         w.shutdown(Shutdown::Write)
     });
-    // The server stops reading: our bytes wait in its receive queue.
+    // The server stops reading: our bytes wait in its receive queue, which stays as it is (sampled a
+    // quarter second apart; a queue the server reads would change).
+    let mut last = 0;
+    let mut stalled = false;
+    while !stalled && t0.elapsed() < busy {
+        thread::sleep(Duration::from_millis(250));
+        let rx = tcp_queues(server.addr, local).map_or(0, |(_, rx)| rx);
+        stalled = rx > 0 && rx == last;
+        last = rx;
+    }
     assert!(
-        wait_until(busy, || tcp_queues(server.addr, local)
-            .is_some_and(|(_, rx)| rx > 0)),
+        stalled,
         "the server never stopped reading a client that does not read (no backpressure)"
     );
     let stalled_at = t0.elapsed();
@@ -302,7 +314,11 @@ fn a_connection_we_stopped_reading_is_not_idle(engine: Engine) {
     });
     wres.expect("writer");
     assert_eq!(read_end(&mut r), End::Eof, "after the echo and our FIN");
-    let idle_closes = metric(&server, "ringhold_closes_total", &[("reason", "idle_timeout")]);
+    let idle_closes = metric(
+        &server,
+        "ringhold_closes_total",
+        &[("reason", "idle_timeout")],
+    );
     assert_eq!(idle_closes, Some(0.0), "idle closes");
     eprintln!(
         "{}: stalled after {stalled_at:?}, read after {:?} ({} MiB, --idle-timeout {idle:?})",
@@ -314,14 +330,15 @@ fn a_connection_we_stopped_reading_is_not_idle(engine: Engine) {
 
 /// `--send-timeout 2s` (scaled): a client that writes without pause and never reads is closed (its
 /// writes fail) no sooner than the send timeout, counted as `send_timeout`; a slow reader on the same
-/// server, which reads a little every 50 ms, is not closed over three send timeouts and gets every
+/// server, which reads a little every 20 ms, is not closed over three send timeouts and gets every
 /// byte back.
 fn send_timeout_closes_only_the_peer_that_reads_nothing(engine: Engine) {
     let _g = serial();
     let send_timeout = secs(2);
     let server = Server::start(engine, &["--send-timeout", &flag_ms(send_timeout)]);
 
-    // The slow reader: 2 MiB sent at once, read 16 KiB every 50 ms (about 6 s at scale 1).
+    // The slow reader: 2 MiB sent at once, read at most 16 KiB every 20 ms (a read gets what its
+    // small receive buffer holds: about 7 s at scale 1, over three send timeouts).
     const SLOW: usize = 2 * MIB;
     let slow = connect_with_rcvbuf(server.addr, 4096);
     slow.set_write_timeout(None).expect("no write timeout");
@@ -349,7 +366,7 @@ fn send_timeout_closes_only_the_peer_that_reads_nothing(engine: Engine) {
                 return Err(format!("wrong bytes at offset {got}"));
             }
             got += n;
-            thread::sleep(Duration::from_millis(50));
+            thread::sleep(Duration::from_millis(20));
         }
         match read_end(&mut r) {
             End::Eof => Ok(t.elapsed()),
@@ -399,10 +416,12 @@ fn send_timeout_closes_only_the_peer_that_reads_nothing(engine: Engine) {
         |v| v == 1.0,
     );
     let slow_res = slow_reader.join().expect("slow reader");
-    let slow_took = slow_res.unwrap_or_else(|e| {
-        panic!("slow reader next to --send-timeout {send_timeout:?}: {e}")
-    });
-    slow_writer.join().expect("slow writer").expect("slow writer");
+    let slow_took = slow_res
+        .unwrap_or_else(|e| panic!("slow reader next to --send-timeout {send_timeout:?}: {e}"));
+    slow_writer
+        .join()
+        .expect("slow writer")
+        .expect("slow writer");
     eprintln!(
         "{}: stuck writer closed after {closed_after:?} ({} KiB sent); slow reader done in \
          {slow_took:?} (--send-timeout {send_timeout:?})",
@@ -415,12 +434,9 @@ fn send_timeout_closes_only_the_peer_that_reads_nothing(engine: Engine) {
         "still 1: the slow reader was not closed",
         |v| v == 1.0,
     );
-    server.expect_metric(
-        "ringhold_connections_active",
-        &[],
-        "0 at the end",
-        |v| v == 0.0,
-    );
+    server.expect_metric("ringhold_connections_active", &[], "0 at the end", |v| {
+        v == 0.0
+    });
 }
 
 // --------------------------------------------------------------------------------- lingering close
@@ -450,10 +466,7 @@ struct Streamed {
 fn sigterm_lingers_until_every_peer_is_done(engine: Engine) {
     let _g = serial();
     let shutdown_timeout = secs(5);
-    let mut server = Server::start(
-        engine,
-        &["--shutdown-timeout", &flag_ms(shutdown_timeout)],
-    );
+    let mut server = Server::start(engine, &["--shutdown-timeout", &flag_ms(shutdown_timeout)]);
     let release = Arc::new(AtomicBool::new(false));
     let eofs = Arc::new(AtomicUsize::new(0));
     let mut progress = Vec::new();
@@ -525,7 +538,9 @@ fn sigterm_lingers_until_every_peer_is_done(engine: Engine) {
     }
     // Everyone is streaming.
     let streaming = wait_until(secs(30), || {
-        progress.iter().all(|g| g.load(Ordering::SeqCst) >= 20 * STREAM_CHUNK)
+        progress
+            .iter()
+            .all(|g| g.load(Ordering::SeqCst) >= 20 * STREAM_CHUNK)
     });
     assert!(streaming, "not every client got its first 20 KB of echo");
 
@@ -749,9 +764,7 @@ fn max_conn_rate_is_per_listen_address(engine: Engine) {
             |v| v == 0.0,
         );
         server.expect_metric("ringhold_accepts_deferred_total", &[], "> 0", |v| v > 0.0);
-        server.expect_metric("ringhold_connections_active", &[], "300", |v| {
-            v == N as f64
-        });
+        server.expect_metric("ringhold_connections_active", &[], "300", |v| v == N as f64);
     }
 }
 
