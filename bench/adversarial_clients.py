@@ -126,18 +126,29 @@ def out(d: dict) -> None:
 def run_writers(a) -> None:
     raise_nofile(a.count + 100)
     t0 = time.monotonic()
-    socks, errors = connect_many(a.target, a.count, a.source, 30.0, rcvbuf=a.rcvbuf, sndbuf=a.sndbuf,
-                                 mss=a.mss)
+    opts = {"rcvbuf": a.rcvbuf, "sndbuf": a.sndbuf, "mss": a.mss}
+    socks, errors = connect_many(a.target, a.count, a.source, 30.0, **opts)
     connected = len(socks)
     sel = selectors.DefaultSelector()
     for s in socks:
         sel.register(s, selectors.EVENT_WRITE)
     junk = (bytes(range(256)) * 64)[: a.chunk]
     per = {s: 0 for s in socks}
-    sent = 0
+    sent = reconnects = 0
     write_errors: dict[str, int] = {}
+    lost = 0  # connections the server closed, waiting to be replaced (--reconnect)
     end = t0 + a.duration
     while time.monotonic() < end:
+        if lost and reconnects < a.count * a.reconnect:
+            fresh, errs = connect_many(a.target, min(lost, a.count * a.reconnect - reconnects), a.source, 5.0,
+                                       **opts)
+            for k, v in errs.items():
+                errors[k] = errors.get(k, 0) + v
+            for s in fresh:
+                per[s] = 0
+                sel.register(s, selectors.EVENT_WRITE)
+            reconnects += len(fresh)
+            lost -= len(fresh)
         if not sel.get_map():
             # Every connection wrote its --max-bytes: they stay open, unread, until the end.
             time.sleep(max(0.0, min(1.0, end - time.monotonic())))
@@ -152,15 +163,19 @@ def run_writers(a) -> None:
             except OSError as e:
                 write_errors[err_name(e)] = write_errors.get(err_name(e), 0) + 1
                 sel.unregister(s)
+                del per[s]
+                s.close()
+                lost += 1
                 continue
             sent += n
             per[s] += n
             if a.max_bytes and per[s] >= a.max_bytes:
                 sel.unregister(s)
-    for s in socks:
+    for s in per:
         s.close()
-    out({"kind": "writers", "source": a.source, "connected": connected, "connect_errors": errors,
-         "sent_bytes": sent, "write_errors": write_errors, "secs": round(time.monotonic() - t0, 2)})
+    out({"kind": "writers", "source": a.source, "connected": connected, "reconnects": reconnects,
+         "connect_errors": errors, "sent_bytes": sent, "write_errors": write_errors,
+         "secs": round(time.monotonic() - t0, 2)})
 
 
 # -------------------------------------------------------------------------------------------- probe
@@ -176,6 +191,7 @@ def pct(xs: list[float], p: float) -> float | None:
 def run_probe(a) -> None:
     t0 = time.monotonic()
     lat: list[float] = []
+    worst: list[tuple] = []  # (ms, seconds since start) of the slowest round trips
     failures: list[str] = []
     rnd = random.Random(7)
     s = None
@@ -204,6 +220,9 @@ def run_probe(a) -> None:
             if got != msg:
                 raise ValueError("echo differs")
             lat.append(time.monotonic() - t)
+            worst.append((round(lat[-1] * 1000, 1), round(t - t0, 1)))
+            worst.sort(reverse=True)
+            del worst[5:]
         except (OSError, ConnectionError, ValueError) as e:
             failures.append(f"round trip {i} after {time.monotonic() - t:.3f}s: {e}")
             try:
@@ -219,6 +238,7 @@ def run_probe(a) -> None:
     out({"kind": "probe", "round_trips": i, "echoed": len(lat), "failures": len(failures),
          "failure_samples": failures[:10], "p50_ms": ms(pct(lat, 0.5)), "p99_ms": ms(pct(lat, 0.99)),
          "max_ms": ms(max(lat) if lat else None), "over_1s": sum(1 for x in lat if x > 1.0),
+         "worst_ms_at_s": worst,
          "secs": round(time.monotonic() - t0, 2)})
 
 
@@ -470,6 +490,9 @@ def main() -> None:
     w.add_argument("--mss", type=int, default=1460, help="TCP_MAXSEG: an Internet-sized MSS, not loopback's 64 KiB")
     w.add_argument("--chunk", type=int, default=16384)
     w.add_argument("--max-bytes", type=int, default=256 * 1024, help="per connection; 0 = no limit")
+    w.add_argument("--reconnect", type=int, default=0,
+                   help="replace a connection the server closed (e.g. --send-timeout), at most this many "
+                   "times --count in all")
     pr = sub.add_parser("probe")
     common(pr, 1)
     pr.add_argument("--interval", type=float, default=0.02)

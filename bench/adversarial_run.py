@@ -243,7 +243,8 @@ def do_run(a) -> int:
         n = min(WRITERS_PER_PROCESS, a.writers - k * WRITERS_PER_PROCESS)
         hostiles.append(client("writers", ["--target", f"127.0.0.1:{PORT}", "--count", n, "--source",
                                            f"127.0.2.{k + 1}", "--duration", left(),
-                                           "--max-bytes", a.writer_bytes], raw, f"{tag}-writers{k}"))
+                                           "--max-bytes", a.writer_bytes, "--reconnect", 3], raw,
+                                   f"{tag}-writers{k}"))
     hostiles.append(client("slowloris", ["--target", f"127.0.0.1:{METRICS_PORT}", "--count", 200,
                                          "--duration", left()], raw, f"{tag}-slowloris"))
     hostiles.append(client("rststorm", ["--target", f"127.0.0.1:{PORT}", "--source", "127.0.4.1",
