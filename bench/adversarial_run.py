@@ -149,6 +149,7 @@ class Sampler(threading.Thread):
                           "ringhold_lingering_closes_total", "ringhold_linger_timeouts_total"):
                     s[k.removeprefix("ringhold_")] = m.get(k)
             s["tcp_mem_pages"] = tcp_mem_pages()
+            s["loadavg1"] = float(open("/proc/loadavg").read().split()[0])
             self.samples.append(s)
             self.stop_flag.wait(self.every)
 
@@ -364,6 +365,8 @@ def do_run(a) -> int:
                      "after_free": rss_end_free}
     result["scrape_max_s"] = max((s["scrape_s"] for s in scrapes), default=None)
     result["tcp_mem_peak_pages"] = max((s["tcp_mem_pages"] for s in ss), default=None)
+    result["loadavg1_mean"] = round(sum(s["loadavg1"] for s in ss) / max(1, len(ss)), 1)
+    result["loadavg1_max"] = max((s["loadavg1"] for s in ss), default=None)
     for k in ("buffers_in_use", "buffers_capacity", "connections_waiting_for_buffer", "connections_active"):
         result[f"peak_{k}"] = max((s.get(k) or 0 for s in ss), default=None)
     B.write_json(raw / f"{tag}.json", result)
@@ -410,8 +413,8 @@ def report(out: Path, command: str | None, note: str | None) -> None:
               "(64 B every 20 ms)", ""]
     lines += ["| engine | writers | verdict | load failures / lost | load p99 / max (ms) | probe p50 / p99 / max (ms) "
               "| scrape max (s) | RSS start → half → peak (MiB) | buffers in use peak / capacity | waiting peak "
-              "| TCP mem peak (MiB) | slots freed after (s) |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| TCP mem peak (MiB) | slots freed after (s) | machine load avg (mean / max) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         ld = r.get("load") or {}
         lat = ld.get("latency_us") or {}
@@ -427,7 +430,8 @@ def report(out: Path, command: str | None, note: str | None) -> None:
             f"| {fmt_mib(rs['start'])} → {fmt_mib(rs['half'])} → {fmt_mib(rs['peak'])} "
             f"| {r['peak_buffers_in_use']:.0f} / {r['peak_buffers_capacity']:.0f} "
             f"| {r['peak_connections_waiting_for_buffer']:.0f} "
-            f"| {(r['tcp_mem_peak_pages'] or 0) * 4096 / (1 << 20):.0f} | {freed} |")
+            f"| {(r['tcp_mem_peak_pages'] or 0) * 4096 / (1 << 20):.0f} | {freed} "
+            f"| {r.get('loadavg1_mean', '–')} / {r.get('loadavg1_max', '–')} |")
     lines.append("")
     for r in runs:
         lines += [f"## {r['engine']}, {r['writers']:,} writers: {'PASS' if r['passed'] else 'FAIL'}", ""]
@@ -440,7 +444,8 @@ def report(out: Path, command: str | None, note: str | None) -> None:
             lines.append(f"- `{json.dumps(h)}`")
         for v in r.get("vanish_rounds") or []:
             lines.append(f"- vanish: `{json.dumps(v)}`")
-        lines.append(f"- probe: `{json.dumps(r.get('probe'))}`")
+        lines.append(f"- probe: `{json.dumps(r.get('probe'))}` (`worst_ms_at_s`: the slowest round trips, "
+                     "ms, and when, s after the probe started)")
         lines.append("")
         lines.append("Server counters at the end: " + ", ".join(
             f"`{k.removeprefix('ringhold_')}` {v:g}" for k, v in r["final_metrics"].items()))
@@ -453,7 +458,9 @@ def report(out: Path, command: str | None, note: str | None) -> None:
         "memory (both ends of every loopback connection: the writers' unread echo lives there); *slots freed "
         "after*: from the end of the hostile clients until connections_active and buffers_in_use were 0 and "
         "the server held no socket on its port (lingering ones included: `ss`, sockets with an inode) — the "
-        "vanished connections wait for the 60 s idle timeout and the 2 s linger.",
+        "vanished connections wait for the 60 s idle timeout and the 2 s linger; *machine load avg*: the "
+        "1-minute load average sampled every 2 s (2 cores; other sessions' jobs included): latency figures "
+        "taken at a load average far above 2 measure the machine more than the server.",
         "",
     ]
     (out / "results.md").write_text("\n".join(lines))
