@@ -12,7 +12,7 @@ at once, for --duration seconds:
 
 Samples the server every 2 s (VmRSS, CPU, /metrics, how long the scrape took, kernel TCP memory),
 then waits until every slot is free (connections_active 0, buffers_in_use 0), sends SIGTERM, and writes
-<out>/raw/<engine>-w<writers>.json. `adversarial_run.py report <out>` writes <out>/results.md.
+<out>/<engine>-w<writers>.json (logs in <out>/raw/). `adversarial_run.py report <out>` writes <out>/results.md.
 """
 
 from __future__ import annotations
@@ -224,7 +224,7 @@ def do_run(a) -> int:
     rss0 = B.rss_bytes(server.pid)
 
     # The well-behaved population first.
-    load_json = raw / f"{tag}-load.json"
+    load_json = a.out / f"{tag}-load.json"
     load_argv = [str(B.RINGHOLD_BIN), "load", "--target", f"127.0.0.1:{PORT}", "-c", str(a.population),
                  "--interval", "1s", "--duration", f"{int(D)}s", "--echo-timeout", "5s",
                  "--json", str(load_json)]
@@ -369,7 +369,7 @@ def do_run(a) -> int:
     result["loadavg1_max"] = max((s["loadavg1"] for s in ss), default=None)
     for k in ("buffers_in_use", "buffers_capacity", "connections_waiting_for_buffer", "connections_active"):
         result[f"peak_{k}"] = max((s.get(k) or 0 for s in ss), default=None)
-    B.write_json(raw / f"{tag}.json", result)
+    B.write_json(a.out / f"{tag}.json", result)
     B.log(f"[{tag}] {'PASS' if result['passed'] else 'FAIL'}: " +
           ", ".join(f"{k}: {'ok' if v else 'FAILED'}" for k, v in checks.items()))
     return 0 if result["passed"] else 1
@@ -384,7 +384,7 @@ def fmt_mib(b) -> str:
 
 def report(out: Path, command: str | None, note: str | None) -> None:
     runs = []
-    for f in sorted((out / "raw").glob("*-w*.json")):
+    for f in sorted(out.glob("*-w*.json")):
         if f.name.endswith("-load.json"):
             continue
         try:
@@ -392,7 +392,7 @@ def report(out: Path, command: str | None, note: str | None) -> None:
         except ValueError:
             continue
     if not runs:
-        raise SystemExit(f"no runs in {out}/raw")
+        raise SystemExit(f"no runs in {out}")
     m = runs[0]["machine"]
     g = runs[0]["git"]
     lines = [
