@@ -382,7 +382,7 @@ def fmt_mib(b) -> str:
     return "–" if b is None else f"{b / (1 << 20):.1f}"
 
 
-def report(out: Path, command: str | None, note: str | None) -> None:
+def report(out: Path, command: str | None, note: str | None, notes_file: Path | None = None) -> None:
     runs = []
     for f in sorted(out.glob("*-w*.json")):
         if f.name.endswith("-load.json"):
@@ -463,6 +463,8 @@ def report(out: Path, command: str | None, note: str | None) -> None:
         "taken at a load average far above 2 measure the machine more than the server.",
         "",
     ]
+    if notes_file:
+        lines += ["## Notes", "", notes_file.read_text().strip(), ""]
     (out / "results.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
@@ -487,9 +489,10 @@ def main() -> int:
     rep.add_argument("out", type=Path)
     rep.add_argument("--command")
     rep.add_argument("--note")
+    rep.add_argument("--notes-file", type=Path, help="markdown appended as a Notes section")
     a = ap.parse_args()
     if a.cmd == "report":
-        report(a.out, a.command, a.note)
+        report(a.out, a.command, a.note, a.notes_file)
         return 0
     B.install_signal_handlers()
     try:
