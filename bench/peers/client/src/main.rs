@@ -8,6 +8,11 @@
 //!   heartbeat every `--heartbeat` seconds if set) until `--duration` or SIGTERM/SIGINT; reports how
 //!   many were lost.
 //!
+//! `--protocol websocket`: each connection first upgrades (RFC 6455 handshake, `101` required, as
+//! part of connecting), then every message is one masked binary frame (a fresh mask per message) and
+//! its echo must come back as one unmasked binary frame with the same payload. Control frames from the
+//! server are not expected (the bench servers run without keep-alive pings) and count as mismatches.
+//!
 //! Connections are spread over `--sources` source addresses (127.0.1.1, 127.0.1.2, …) bound with
 //! IP_BIND_ADDRESS_NO_PORT, so each source has its own ephemeral port range. One JSON object on stdout.
 
@@ -44,13 +49,14 @@ struct Opts {
     heartbeat: Option<Duration>,
     threads: usize,
     connect_timeout: Duration,
+    websocket: bool,
 }
 
 fn usage() -> ! {
     println!(
         "bench-client --target ADDR --connections N [--mode pingpong|hold] [--sources K] \
 [--source-base 127.0.1.1] [--connect-rate R/s] [--concurrency C] [--message-size B] [--duration S] \
-[--heartbeat S] [--threads T] [--connect-timeout S]"
+[--heartbeat S] [--threads T] [--connect-timeout S] [--protocol echo|websocket]"
     );
     exit(0)
 }
@@ -87,6 +93,7 @@ fn parse() -> Opts {
         heartbeat: None,
         threads: 1,
         connect_timeout: Duration::from_secs(10),
+        websocket: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -126,6 +133,13 @@ fn parse() -> Opts {
             }
             "--threads" => o.threads = num(&flag, &v),
             "--connect-timeout" => o.connect_timeout = secs(&flag, &v),
+            "--protocol" => {
+                o.websocket = match v.as_str() {
+                    "echo" => false,
+                    "websocket" | "ws" => true,
+                    _ => fail(&format!("--protocol '{v}': echo or websocket")),
+                }
+            }
             _ => fail(&format!("unknown argument '{flag}' (try --help)")),
         }
     }
@@ -214,6 +228,116 @@ async fn exchange(s: &mut TcpStream, out: &[u8], back: &mut [u8]) -> Result<bool
     Ok(out == back)
 }
 
+/// The upgrade request (RFC 6455 §1.3's example key: the accept value is not checked, `101` is).
+const WS_REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\
+Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// Sends the upgrade request and reads the response head (up to its blank line, nothing more).
+async fn ws_upgrade(s: &mut TcpStream) -> std::io::Result<()> {
+    s.write_all(WS_REQUEST).await?;
+    let mut head = Vec::with_capacity(256);
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).await?;
+        head.push(b[0]);
+        if head.len() > 8192 {
+            return Err(std::io::Error::other("upgrade response head over 8 KiB"));
+        }
+    }
+    if !head.starts_with(b"HTTP/1.1 101 ") {
+        let line = String::from_utf8_lossy(&head);
+        let line = line.lines().next().unwrap_or("");
+        return Err(std::io::Error::other(format!("upgrade refused: {line}")));
+    }
+    Ok(())
+}
+
+/// A masked binary client frame carrying `payload` (mask from `rng`), into `frame`.
+fn ws_frame(payload: &[u8], rng: &mut u64, frame: &mut Vec<u8>) {
+    frame.clear();
+    frame.push(0x82);
+    let n = payload.len();
+    if n < 126 {
+        frame.push(0x80 | n as u8);
+    } else if n <= 0xFFFF {
+        frame.push(0x80 | 126);
+        frame.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        frame.push(0x80 | 127);
+        frame.extend_from_slice(&(n as u64).to_be_bytes());
+    }
+    // xorshift64: a cheap mask per frame.
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    let mask = (*rng as u32).to_ne_bytes();
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+}
+
+/// Length of the server's (unmasked) header for a binary frame of `n` payload bytes.
+fn ws_server_header_len(n: usize) -> usize {
+    match n {
+        0..=125 => 2,
+        126..=0xFFFF => 4,
+        _ => 10,
+    }
+}
+
+/// One WebSocket exchange: `payload` out as a masked frame, its echo back as one unmasked binary frame.
+async fn ws_exchange(
+    s: &mut TcpStream,
+    payload: &[u8],
+    rng: &mut u64,
+    frame: &mut Vec<u8>,
+    back: &mut Vec<u8>,
+) -> Result<bool, std::io::Error> {
+    ws_frame(payload, rng, frame);
+    s.write_all(frame).await?;
+    let h = ws_server_header_len(payload.len());
+    back.resize(h + payload.len(), 0);
+    s.read_exact(back).await?;
+    let n = payload.len();
+    let header_ok = match h {
+        2 => back[0] == 0x82 && usize::from(back[1]) == n,
+        4 => {
+            back[0] == 0x82
+                && back[1] == 126
+                && usize::from(u16::from_be_bytes([back[2], back[3]])) == n
+        }
+        _ => back[0] == 0x82 && back[1] == 127,
+    };
+    Ok(header_ok && &back[h..] == payload)
+}
+
+/// An exchange in the run's protocol.
+struct Exchanger {
+    websocket: bool,
+    rng: u64,
+    frame: Vec<u8>,
+    back: Vec<u8>,
+}
+
+impl Exchanger {
+    fn new(o: &Opts, conn: usize) -> Exchanger {
+        Exchanger {
+            websocket: o.websocket,
+            rng: (conn as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+            frame: Vec::with_capacity(o.message_size + 14),
+            back: vec![0u8; o.message_size + 10],
+        }
+    }
+
+    async fn run(&mut self, s: &mut TcpStream, out: &[u8]) -> Result<bool, std::io::Error> {
+        if self.websocket {
+            ws_exchange(s, out, &mut self.rng, &mut self.frame, &mut self.back).await
+        } else {
+            self.back.resize(out.len(), 0);
+            exchange(s, out, &mut self.back).await
+        }
+    }
+}
+
 async fn conn_task(
     o: Arc<Opts>,
     t: Arc<Totals>,
@@ -222,7 +346,7 @@ async fn conn_task(
     hist: Rc<RefCell<Histogram<u64>>>,
 ) {
     let mut out = vec![0u8; o.message_size];
-    let mut back = vec![0u8; o.message_size];
+    let mut ex = Exchanger::new(&o, i);
     let mut seq = 0u64;
     match o.mode {
         Mode::PingPong => {
@@ -230,7 +354,7 @@ async fn conn_task(
                 pattern(i, seq, &mut out);
                 seq += 1;
                 let started = Instant::now();
-                match exchange(&mut s, &out, &mut back).await {
+                match ex.run(&mut s, &out).await {
                     Ok(true) => {
                         let us = started.elapsed().as_micros() as u64;
                         let _ = hist.borrow_mut().record(us.max(1));
@@ -269,7 +393,7 @@ async fn conn_task(
             }
             pattern(i, seq, &mut out);
             seq += 1;
-            match exchange(&mut s, &out, &mut back).await {
+            match ex.run(&mut s, &out).await {
                 Ok(true) => {
                     t.messages.fetch_add(1, Ordering::Relaxed);
                 }
@@ -320,7 +444,20 @@ fn worker(
             };
             let (o2, t2) = (o.clone(), t.clone());
             pending.push(tokio::task::spawn_local(async move {
-                let r = connect(&o2, i).await;
+                let mut r = connect(&o2, i).await;
+                if o2.websocket {
+                    if let Ok(s) = r.as_mut() {
+                        let up = tokio::time::timeout(o2.connect_timeout, ws_upgrade(s)).await;
+                        if let Err(e) = up.unwrap_or_else(|_| {
+                            Err(std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "upgrade timed out",
+                            ))
+                        }) {
+                            r = Err(e);
+                        }
+                    }
+                }
                 drop(permit);
                 match r {
                     Ok(s) => {
@@ -463,6 +600,7 @@ fn main() {
         "messages": m0,
         "messages_per_s": m0 as f64 / elapsed.as_secs_f64().max(1e-9),
         "message_size": o.message_size,
+        "protocol": if o.websocket { "websocket" } else { "echo" },
         "lost": t.lost.load(Ordering::SeqCst),
         "mismatches": t.mismatches.load(Ordering::SeqCst),
         "latency_us": {"p50": q(0.5), "p99": q(0.99), "p999": q(0.999), "max": if hist.is_empty() { serde_json::Value::Null } else { hist.max().into() }},
