@@ -53,13 +53,13 @@ impl Machine {
     }
 
     /// Whether receives should take one buffer at a time (a rate limit is set, buffers are short, or
-    /// the shard holds more than a quarter as many connections as it may have buffers, so that a
-    /// burst could empty the pool before the allowance bites): then a decision to stop reading takes
+    /// the shard holds more than an eighth as many connections as it may have buffers, so that a
+    /// burst of multishot receives could take the reserve before the allowance bites): then a decision to stop reading takes
     /// effect at once.
     pub fn single_reads(&self) -> bool {
         self.lim.rate_limited()
             || self.allowance() < self.lim.max_queued
-            || self.slots.live() as u32 * 4 > self.lim.buffers as u32
+            || self.slots.live() as u32 * 8 > self.lim.buffers as u32
     }
 
     /// Sets or clears backpressure after a connection's holding (or the pool) changed.
