@@ -895,30 +895,6 @@ mod bugs {
             }
         };
     }
-    /// The uring half ignored, the epoll half run.
-    macro_rules! ignored_on_uring {
-        ($why:literal, $name:ident) => {
-            pub mod $name {
-                use super::*;
-                #[test]
-                #[ignore = $why]
-                fn uring() {
-                    run_on(Engine::Uring, stringify!($name), super::super::$name);
-                }
-                #[test]
-                fn epoll() {
-                    run_on(Engine::Epoll, stringify!($name), super::super::$name);
-                }
-            }
-        };
-    }
-    ignored_on_uring!(
-        "BUG (uring only, intermittent): a burst of non-reading writers takes buffers past the \
-         reserve (multishot receives pick them in the kernel before the allowance applies); a \
-         client that holds none then waits for a buffer: no echo in 5 s (1 run in ~8 at a high \
-         load average; peak 1,968 of 2,048 in use, the reserve starts at 1,792)",
-        writers_do_not_starve_a_well_behaved_client
-    );
     ignored_on_both!(
         "BUG: when non-reading writers outnumber --buffers, they hold every buffer (the reserve \
          too: each takes its first) until --send-timeout, and a well-behaved client waits behind \
@@ -934,6 +910,7 @@ mod bugs {
 }
 
 both_engines!(
+    writers_do_not_starve_a_well_behaved_client,
     a_connection_we_stopped_reading_is_not_idle,
     send_timeout_closes_only_the_peer_that_reads_nothing,
     sigterm_lingers_until_every_peer_is_done,
