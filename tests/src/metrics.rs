@@ -3,6 +3,24 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
+/// Every metric family `ringhold load --metrics-listen` exports (the contract with the dashboard's
+/// "Load generators" row); the histogram by its family name.
+pub const LOAD_NAMES: [&str; 13] = [
+    "ringhold_load_connections",
+    "ringhold_load_connections_opened_total",
+    "ringhold_load_heartbeats_sent_total",
+    "ringhold_load_heartbeats_echoed_total",
+    "ringhold_load_heartbeats_late_total",
+    "ringhold_load_heartbeats_outstanding",
+    "ringhold_load_failures_total",
+    "ringhold_load_bytes_sent_total",
+    "ringhold_load_bytes_received_total",
+    "ringhold_load_latency_seconds",
+    "ringhold_load_resident_memory_bytes",
+    "ringhold_load_build_info",
+    "ringhold_metrics_scrapes_total",
+];
+
 /// One scrape: `(name, labels, value)` per sample line.
 #[derive(Debug, Default)]
 pub struct Scrape {

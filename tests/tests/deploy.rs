@@ -322,7 +322,7 @@ fn kubernetes_manifests_validate_against_the_schemas() {
         return;
     };
     let dir = deploy().join("kubernetes");
-    let files: Vec<PathBuf> = ["daemonset.yaml", "service.yaml"]
+    let files: Vec<PathBuf> = ["daemonset.yaml", "service.yaml", "load-job.yaml"]
         .iter()
         .map(|f| dir.join(f))
         .collect();
@@ -339,6 +339,7 @@ fn kubernetes_manifests_validate_against_the_schemas() {
         "daemonset/ringhold",
         "service/ringhold ",
         "service/ringhold-nodes",
+        "job/ringhold-load",
     ] {
         assert!(
             text.contains(&format!("passed for resource {}", res.trim())),
@@ -388,7 +389,193 @@ fn kubernetes_manifests_validate_against_the_schemas() {
         .unwrap()
         .status
         .success());
+    // The same for the Job: a misspelt field and a wrong type.
+    let job = std::fs::read_to_string(&files[2]).unwrap();
+    for broken in [
+        job.replace("backoffLimitPerIndex: 0", "backoffLimitsPerIndex: 0"),
+        job.replace("completions: 10", "completions: ten"),
+    ] {
+        assert_ne!(broken, job);
+        std::fs::write(&bad, broken).unwrap();
+        assert!(!Command::new(&kv)
+            .arg("--strict")
+            .arg(&bad)
+            .output()
+            .unwrap()
+            .status
+            .success());
+    }
     let _ = std::fs::remove_dir_all(tmp);
+}
+
+/// `key: value` of the first line whose trimmed text starts with `key:` (quotes stripped).
+fn yaml_value(text: &str, key: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let l = l.trim().trim_start_matches("- ");
+        let v = l.strip_prefix(key)?.strip_prefix(':')?;
+        Some(v.trim().trim_matches('"').to_string())
+    })
+}
+
+/// The workspace version (the image tag).
+fn workspace_version() -> String {
+    let cargo = std::fs::read_to_string(deploy().join("../Cargo.toml")).unwrap();
+    cargo
+        .lines()
+        .find_map(|l| l.strip_prefix("version = \""))
+        .and_then(|v| v.strip_suffix('"'))
+        .expect("version in the workspace Cargo.toml")
+        .to_string()
+}
+
+/// Every manifest names the image that deploy/container/build.sh builds (and the README tells how to
+/// build and push): `${IMAGE:-localhost/ringhold}:<workspace version>`; the Containerfile's user is the
+/// pods' runAsUser.
+#[test]
+fn manifests_name_the_image_the_build_script_makes() {
+    let build = std::fs::read_to_string(deploy().join("container/build.sh")).unwrap();
+    let repo = build
+        .split("${IMAGE:-")
+        .nth(1)
+        .and_then(|s| s.split('}').next())
+        .expect("build.sh: image=\"${IMAGE:-…}\"");
+    let image = format!("{repo}:{}", workspace_version());
+    let readme = std::fs::read_to_string(deploy().join("../README.md")).unwrap();
+    assert!(
+        readme.contains("deploy/container/build.sh") && readme.contains(&image),
+        "README should tell how to build {image}"
+    );
+    let containerfile = std::fs::read_to_string(deploy().join("../Containerfile")).unwrap();
+    assert!(containerfile.lines().any(|l| l == "FROM scratch"));
+    let user = containerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("USER in the Containerfile");
+    for f in ["daemonset.yaml", "load-job.yaml"] {
+        let text = std::fs::read_to_string(deploy().join("kubernetes").join(f)).unwrap();
+        let images: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("image: "))
+            .collect();
+        assert_eq!(images, [image.as_str()], "{f}");
+        let uid = yaml_value(&text, "runAsUser").unwrap();
+        let gid = yaml_value(&text, "runAsGroup").unwrap();
+        assert_eq!(
+            format!("{uid}:{gid}"),
+            user,
+            "{f}: runAsUser/runAsGroup = USER"
+        );
+        assert_eq!(yaml_value(&text, "runAsNonRoot").as_deref(), Some("true"));
+    }
+    assert!(
+        !std::fs::read_dir(deploy().join("kubernetes"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "yaml"))
+            .any(|e| std::fs::read_to_string(e.path())
+                .unwrap()
+                .contains(".invalid/")),
+        "no placeholder registry left in the manifests"
+    );
+}
+
+/// The load Job is what its comments say: an Indexed Job whose pods each run their part
+/// (`--part=$(PART_INDEX)/N` from the completion index, N = completions = parallelism), on the host
+/// network, scraped on the port they listen on; and the real binary accepts its arguments: each part's
+/// `--dry-run` plan adds up to the fleet's connections.
+#[test]
+fn load_job_runs_one_part_per_index() {
+    let job = std::fs::read_to_string(deploy().join("kubernetes/load-job.yaml")).unwrap();
+    assert_eq!(yaml_value(&job, "kind").as_deref(), Some("Job"));
+    assert_eq!(
+        yaml_value(&job, "completionMode").as_deref(),
+        Some("Indexed")
+    );
+    let n: u32 = yaml_value(&job, "completions").unwrap().parse().unwrap();
+    assert_eq!(
+        yaml_value(&job, "parallelism"),
+        Some(n.to_string()),
+        "all parts at once"
+    );
+    assert_eq!(yaml_value(&job, "hostNetwork").as_deref(), Some("true"));
+    assert_eq!(yaml_value(&job, "restartPolicy").as_deref(), Some("Never"));
+    assert!(job.contains(
+        "- name: PART_INDEX\n              valueFrom:\n                fieldRef:\n                  fieldPath: metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    ));
+    // The container's args: the `- ` lines after `args:` up to the next key.
+    let args: Vec<String> = job
+        .lines()
+        .skip_while(|l| l.trim() != "args:")
+        .skip(1)
+        .take_while(|l| l.trim().starts_with("- "))
+        .map(|l| l.trim().trim_start_matches("- ").to_string())
+        .collect();
+    assert_eq!(args.first().map(String::as_str), Some("load"), "{args:?}");
+    assert!(
+        args.contains(&format!("--part=$(PART_INDEX)/{n}")),
+        "{args:?}"
+    );
+    let arg = |name: &str| {
+        args.iter()
+            .find_map(|a| a.strip_prefix(&format!("--{name}=")))
+            .unwrap_or_else(|| panic!("--{name} in {args:?}"))
+    };
+    let port = arg("metrics-listen")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        yaml_value(&job, "prometheus.io/port"),
+        Some(port.clone()),
+        "scraped where it listens"
+    );
+    assert_eq!(yaml_value(&job, "containerPort"), Some(port));
+    assert_eq!(
+        yaml_value(&job, "prometheus.io/scrape").as_deref(),
+        Some("true")
+    );
+    let total: u64 = arg("connections").parse().unwrap();
+    // Every part's plan, on this host: the node's load addresses become loopback's, the Service's
+    // name an address (no cluster DNS here); nothing connects (--dry-run).
+    let mut sum = 0u64;
+    for k in 0..n {
+        let argv: Vec<String> = args
+            .iter()
+            .map(|a| {
+                let a = a.replace("$(PART_INDEX)", &k.to_string());
+                if a.starts_with("--sources=host:") {
+                    "--sources=host:127.0.0.0/8".to_string()
+                } else if a.starts_with("--target=") {
+                    "--target=127.0.0.1:7000".to_string()
+                } else {
+                    a
+                }
+            })
+            .collect();
+        let out = Command::new(binary())
+            .args(&argv)
+            .arg("--dry-run")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "ringhold {argv:?} --dry-run: {}{}",
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains(&format!("part           {k}/{n} of {total} connections")),
+            "{text}"
+        );
+        sum += text
+            .lines()
+            .find_map(|l| l.strip_prefix("connections "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("connections in {text}"));
+    }
+    assert_eq!(sum, total, "the parts add up to --connections");
 }
 
 /// /usr/bin/python3 with Debian's python3-seccomp, or None after SKIP.
@@ -543,6 +730,27 @@ fn serve_echo_under_profile(py: &Path, runner: &Path, engine: &str) {
         }
         let text = log.join("\n");
         panic!("echo through serve --engine {engine} under the seccomp profile: {e}\n{text}");
+    }
+    // The load generator runs under the same profile in deploy/kubernetes/load-job.yaml: its io_uring
+    // connects, its own addresses (netlink) and its metrics listener.
+    if engine == "uring" {
+        let out = Command::new(py)
+            .arg(runner)
+            .arg(profile())
+            .arg("--")
+            .arg(binary())
+            .args(["load", "--target", &addr, "--connections", "100"])
+            .args(["--sources", "host:127.0.0.0/8", "--interval", "200ms"])
+            .args(["--duration", "1s", "--metrics-listen", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("result         OK"),
+            "ringhold load under the seccomp profile: {:?}\n{stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

@@ -3,26 +3,28 @@
 //! a real Prometheus scraping ringhold under load (both engines at once) answers every panel query of
 //! the dashboard, with template variables and `$__rate_interval` substituted as Grafana does.
 
+#[path = "support/dashboard.rs"]
+mod dashboard;
 #[path = "support/prometheus.rs"]
 mod prometheus;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use dashboard::{dashboard, expand, grafana_dir, is_load_query, panel_queries, read};
 use prometheus::Prometheus;
-use ringhold_tests::metrics::Scrape;
+use ringhold_tests::metrics::{Scrape, LOAD_NAMES};
 use ringhold_tests::{both_engines, net, secs, serial, server, tools, wait_until, Engine, Server};
-use serde_json::Value;
 
 /// Every metric ringhold exports (the contract with the dashboard and with users' alerts).
-const NAMES: [&str; 22] = [
+const NAMES: [&str; 34] = [
     "ringhold_connections_active",
     "ringhold_accepts_total",
     "ringhold_closes_total",
@@ -41,6 +43,18 @@ const NAMES: [&str; 22] = [
     "ringhold_linger_timeouts_total",
     "ringhold_connections_waiting_for_buffer",
     "ringhold_buffer_reserve_pauses_total",
+    "ringhold_http_responses_total",
+    "ringhold_http_protocol_errors_total",
+    "ringhold_http_continues_total",
+    "ringhold_http_truncated_total",
+    "ringhold_ws_upgrades_total",
+    "ringhold_ws_rejected_total",
+    "ringhold_ws_frames_total",
+    "ringhold_ws_messages_total",
+    "ringhold_ws_pings_total",
+    "ringhold_ws_pongs_total",
+    "ringhold_ws_closes_sent_total",
+    "ringhold_ws_closes_received_total",
     "ringhold_process_resident_memory_bytes",
     "ringhold_resident_bytes_per_connection",
     "ringhold_build_info",
@@ -377,19 +391,6 @@ both_engines!(
 // ---------------------------------------------------------------------------------------------------
 // The Grafana files.
 
-fn grafana_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../grafana")
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn dashboard() -> Value {
-    let path = grafana_dir().join("dashboards/ringhold.json");
-    serde_json::from_str(&read(&path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
 /// Values of `key:` in a small YAML file (`key: value` or `- key: value`, quotes and comments stripped).
 fn yaml_values(text: &str, key: &str) -> Vec<String> {
     text.lines()
@@ -415,38 +416,6 @@ fn yaml_items(text: &str) -> Vec<String> {
                 .map(|v| v.trim().trim_matches('"').to_string())
         })
         .collect()
-}
-
-/// (panel title, refId, expr) of every query of the dashboard.
-fn panel_queries(d: &Value) -> Vec<(String, String, String)> {
-    let mut out = Vec::new();
-    let mut panels: Vec<&Value> = d["panels"].as_array().expect("panels").iter().collect();
-    // Collapsed rows keep their panels inside.
-    let nested: Vec<&Value> = panels
-        .iter()
-        .filter_map(|p| p["panels"].as_array())
-        .flatten()
-        .collect();
-    panels.extend(nested);
-    for p in panels {
-        for t in p["targets"].as_array().into_iter().flatten() {
-            out.push((
-                p["title"].as_str().unwrap_or("").to_string(),
-                t["refId"].as_str().unwrap_or("").to_string(),
-                t["expr"].as_str().unwrap_or("").to_string(),
-            ));
-        }
-    }
-    out
-}
-
-/// Grafana's substitution of dashboard variables and macros in a PromQL expression.
-fn expand(expr: &str, rate_interval: &str, instance: &str, shard: &str) -> String {
-    expr.replace("$__rate_interval", rate_interval)
-        .replace("${instance}", instance)
-        .replace("$instance", instance)
-        .replace("${shard}", shard)
-        .replace("$shard", shard)
 }
 
 #[test]
@@ -482,7 +451,12 @@ fn dashboard_and_provisioning_reference_each_other() {
         ds_uid[0].as_str(),
         "default datasource = provisioned uid"
     );
-    for name in ["instance", "shard"] {
+    assert_eq!(
+        var("load")["definition"],
+        "label_values(ringhold_load_build_info, instance)",
+        "the load generators are their own variable (the server panels never list them)"
+    );
+    for name in ["instance", "shard", "load"] {
         assert_eq!(
             var(name)["datasource"]["uid"],
             "${datasource}",
@@ -526,21 +500,29 @@ fn dashboard_and_provisioning_reference_each_other() {
                         .next()
                         .unwrap()
                 })
-                .filter(|v| !["__rate_interval", "instance", "shard"].contains(v))
+                .filter(|v| !["__rate_interval", "instance", "shard", "load"].contains(v))
                 .collect();
             assert!(
                 unknown.is_empty(),
                 "panel {title}: unknown variables {unknown:?}"
             );
-            for n in NAMES {
+            for n in NAMES.iter().chain(&LOAD_NAMES) {
                 if expr.contains(n) {
-                    used_metrics.insert(n);
+                    used_metrics.insert(*n);
                 }
+            }
+            // Load-generator metrics are filtered by $load, server metrics by $instance.
+            if expr.contains("ringhold_load_") {
+                assert!(
+                    expr.contains("instance=~\"$load\""),
+                    "panel {title}: {expr}"
+                );
             }
         }
     }
     for n in NAMES
         .iter()
+        .chain(&LOAD_NAMES)
         .filter(|n| **n != "ringhold_metrics_scrapes_total")
     {
         assert!(used_metrics.contains(n), "no panel shows {n}");
@@ -761,7 +743,11 @@ fn prometheus_answers_every_dashboard_panel_on_both_engines() {
     );
 
     let d = dashboard();
-    let queries = panel_queries(&d);
+    // The "Load generators" row needs load generators: tests/tests/load.rs checks it against two.
+    let queries: Vec<_> = panel_queries(&d)
+        .into_iter()
+        .filter(|(_, _, e)| !is_load_query(e))
+        .collect();
     assert!(queries.len() >= 20, "{} queries", queries.len());
 
     // Template variable queries, as Grafana runs them.

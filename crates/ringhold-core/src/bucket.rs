@@ -94,7 +94,9 @@ impl Bucket {
 
     fn refill(&mut self, spec: &BucketSpec, now_ms: u32) {
         let dt = now_ms.wrapping_sub(self.stamp_ms);
-        if dt > 0 {
+        // A reading older than the stamp (shards sharing a listener's bucket read their clocks before
+        // taking its lock) wraps to a huge `dt`: it is no time at all, not 49 days.
+        if dt > 0 && dt <= i32::MAX as u32 {
             let t = self.tokens as f64 + spec.rate * dt as f64 / 1000.0;
             self.tokens = t.min(spec.burst) as f32;
             self.stamp_ms = now_ms;
@@ -119,6 +121,12 @@ impl Bucket {
         } else {
             Err(spec.pause_for(1.0 - self.tokens as f64))
         }
+    }
+
+    /// Gives `n` tokens back (a reservation that was not used), up to the burst.
+    pub fn give_back(&mut self, spec: &BucketSpec, now_ms: u32, n: f64) {
+        self.refill(spec, now_ms);
+        self.tokens = (self.tokens as f64 + n).min(spec.burst) as f32;
     }
 
     /// Takes one token only if one is there: `Err(wait)` otherwise.
@@ -214,6 +222,19 @@ mod tests {
         assert_eq!(b.has_one(&spec, 0).unwrap_err().as_millis(), 100);
         assert_eq!(b.has_one(&spec, 50).unwrap_err().as_millis(), 50);
         assert!(b.has_one(&spec, 100).is_ok());
+    }
+
+    #[test]
+    fn an_older_clock_reading_refills_nothing() {
+        let spec = BucketSpec {
+            rate: 100.0,
+            burst: 100.0,
+        };
+        let mut b = Bucket::full(&spec, 1000);
+        assert_eq!(b.take(&spec, 1000, 100.0), None);
+        // Another shard read the clock a little earlier and took the lock a little later.
+        assert!(b.has_one(&spec, 999).is_err());
+        assert!(b.has_one(&spec, 1010).is_ok());
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct Conn {
     /// Timer-wheel tick the running clock started at: last byte received while the queue was empty
     /// (idle), last send progress (stalled), write side shut down (lingering).
     pub(crate) stamp: u32,
+    /// Timer-wheel tick the write side was shut down at (lingering has a total bound from here).
+    pub(crate) linger_start: u32,
     /// Timer-wheel tick of this connection's live wheel entry (an entry found at another tick was
     /// superseded by an earlier deadline and is dropped).
     pub(crate) due: u32,

@@ -9,13 +9,31 @@ use std::time::{Duration, Instant};
 
 use crate::bucket::{Bucket, BucketSpec};
 
+/// The listener's accept bucket and the tokens shards hold for accepts they have armed.
+#[derive(Debug)]
+struct ConnRate {
+    bucket: Bucket,
+    reserved: u32,
+}
+
+impl ConnRate {
+    /// The bucket's spec with room for the reserved tokens: tokens in the bucket plus tokens held by
+    /// armed accepts never exceed the burst.
+    fn spec(&self, spec: &BucketSpec) -> BucketSpec {
+        BucketSpec {
+            rate: spec.rate,
+            burst: (spec.burst - self.reserved as f64).max(0.0),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Shared {
     shutdown: AtomicBool,
     active: AtomicUsize,
     max_connections: usize,
     last_log_sec: AtomicU64,
-    conn_rate: Option<(BucketSpec, Mutex<Bucket>)>,
+    conn_rate: Option<(BucketSpec, Mutex<ConnRate>)>,
     epoch: Instant,
 }
 
@@ -32,7 +50,15 @@ impl Shared {
             active: AtomicUsize::new(0),
             max_connections,
             last_log_sec: AtomicU64::new(0),
-            conn_rate: conn_rate.map(|spec| (spec, Mutex::new(Bucket::full(&spec, 0)))),
+            conn_rate: conn_rate.map(|spec| {
+                (
+                    spec,
+                    Mutex::new(ConnRate {
+                        bucket: Bucket::full(&spec, 0),
+                        reserved: 0,
+                    }),
+                )
+            }),
             epoch: Instant::now(),
         }
     }
@@ -41,31 +67,57 @@ impl Shared {
         now.saturating_duration_since(self.epoch).as_millis() as u32
     }
 
-    /// `--max-conn-rate`: may the listener accept one more connection at `now`? `Err(wait)` until a
-    /// token is there. Checking takes nothing; [`Shared::accept_paid`] pays for each connection that
-    /// left the backlog, so no token is held while nobody connects (that would make the burst N + 1).
-    /// Several shards may pass the check for the same token at the same instant; each pays after the
-    /// fact, so the bucket goes briefly into debt and the next check waits it out: the rate holds.
-    pub fn accept_permit(&self, now: Instant) -> Result<(), Duration> {
-        let Some((spec, bucket)) = &self.conn_rate else {
+    /// `--max-conn-rate`: takes a token for one accept the caller is about to make (or to arm, for an
+    /// io_uring accept that completes later); `Err(wait)` until one is there. The caller then reports
+    /// [`Shared::accept_used`] (a connection left the backlog) or [`Shared::accept_refund`] (none
+    /// came). A held token counts against the burst, so however many shards hold one, no more than
+    /// the burst is accepted at once, and the rate holds over time.
+    pub fn accept_reserve(&self, now: Instant) -> Result<(), Duration> {
+        let Some((spec, rate)) = &self.conn_rate else {
             return Ok(());
         };
         let ms = self.rate_ms(now);
-        bucket
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .has_one(spec, ms)
+        let mut r = rate.lock().unwrap_or_else(|p| p.into_inner());
+        let eff = r.spec(spec);
+        r.bucket.try_take_one(&eff, ms).map(|()| r.reserved += 1)
     }
 
-    /// A connection left the backlog: it takes its `--max-conn-rate` token.
-    pub fn accept_paid(&self, now: Instant) {
-        if let Some((spec, bucket)) = &self.conn_rate {
-            let ms = self.rate_ms(now);
-            bucket
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take(spec, ms, 1.0);
+    /// The accept a token was reserved for took a connection.
+    pub fn accept_used(&self) {
+        if let Some((_, rate)) = &self.conn_rate {
+            let mut r = rate.lock().unwrap_or_else(|p| p.into_inner());
+            r.reserved = r.reserved.saturating_sub(1);
         }
+    }
+
+    /// The accept a token was reserved for took nothing (the backlog was empty, an error, a cancel):
+    /// the token goes back.
+    pub fn accept_refund(&self, now: Instant) {
+        if let Some((spec, rate)) = &self.conn_rate {
+            let ms = self.rate_ms(now);
+            let mut r = rate.lock().unwrap_or_else(|p| p.into_inner());
+            r.reserved = r.reserved.saturating_sub(1);
+            let eff = r.spec(spec);
+            r.bucket.give_back(&eff, ms, 1.0);
+        }
+    }
+
+    /// A connection left the backlog without a reserved token (the spare-descriptor trick refusing
+    /// one): it pays after the fact, possibly into debt.
+    pub fn accept_paid(&self, now: Instant) {
+        if let Some((spec, rate)) = &self.conn_rate {
+            let ms = self.rate_ms(now);
+            let mut r = rate.lock().unwrap_or_else(|p| p.into_inner());
+            let eff = r.spec(spec);
+            r.bucket.take(&eff, ms, 1.0);
+        }
+    }
+
+    /// The time the accept bucket takes to make one token (zero without `--max-conn-rate`).
+    pub fn conn_rate_period(&self) -> Duration {
+        self.conn_rate
+            .as_ref()
+            .map_or(Duration::ZERO, |(spec, _)| spec.pause_for(1.0))
     }
 
     /// Whether `--max-conn-rate` is set.
@@ -153,15 +205,25 @@ mod tests {
         };
         let s = Shared::with_conn_rate(0, Some(spec));
         let t0 = s.epoch;
-        // Two "shards" share the burst of 2.
-        assert!(s.accept_permit(t0).is_ok());
-        s.accept_paid(t0);
-        assert!(s.accept_permit(t0).is_ok());
-        s.accept_paid(t0);
-        let wait = s.accept_permit(t0).unwrap_err();
+        // Two "shards" share the burst of 2: each holds a token for an armed accept.
+        assert!(s.accept_reserve(t0).is_ok());
+        assert!(s.accept_reserve(t0).is_ok());
+        let wait = s.accept_reserve(t0).unwrap_err();
         assert_eq!(wait, Duration::from_millis(100));
-        assert!(s.accept_permit(t0 + Duration::from_millis(100)).is_ok());
-        assert!(Shared::new(0).accept_permit(t0).is_ok());
+        // Held tokens count against the burst: a long quiet spell refills only what is not held.
+        let later = t0 + Duration::from_secs(10);
+        assert!(s.accept_reserve(later).is_err(), "two held of a burst of 2");
+        // Both held tokens are used by connections: that was the burst; the next waits for the refill.
+        s.accept_used();
+        s.accept_used();
+        assert!(s.accept_reserve(later).is_err());
+        let next = later + Duration::from_millis(100);
+        assert!(s.accept_reserve(next).is_ok());
+        assert!(s.accept_reserve(next).is_err());
+        // A refund gives the token back.
+        s.accept_refund(next);
+        assert!(s.accept_reserve(next).is_ok());
+        assert!(Shared::new(0).accept_reserve(t0).is_ok());
     }
 
     #[test]

@@ -84,7 +84,7 @@ impl Acceptor {
         shared: &Shared,
     ) -> io::Result<Step> {
         self.resume_at = None;
-        if let Err(wait) = shared.accept_permit(Instant::now()) {
+        if let Err(wait) = shared.accept_reserve(Instant::now()) {
             // Leave the rest in the backlog until the listener's bucket has a token again.
             counters.accepts_deferred += 1;
             self.resume_at = Some(now_ms + ceil_ms(wait));
@@ -94,10 +94,13 @@ impl Acceptor {
         let _guard = accept_lock();
         match sys::accept(self.fd()) {
             Ok(fd) => {
-                shared.accept_paid(Instant::now());
+                shared.accept_used();
                 Ok(Step::Socket(fd))
             }
-            Err(e) => self.on_error(e, now_ms, counters, shared),
+            Err(e) => {
+                shared.accept_refund(Instant::now());
+                self.on_error(e, now_ms, counters, shared)
+            }
         }
     }
 

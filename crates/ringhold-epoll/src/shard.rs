@@ -276,6 +276,13 @@ impl ShardLoop {
                     }
                 }
                 Action::Provide { from, count } => self.bufs.provide(from, count),
+                Action::Abort(id) => {
+                    // An RST: the kernel drops what the peer will never read.
+                    let _ = sys::set_linger_zero(id.idx as RawFd);
+                    // SAFETY: as for `Close` below.
+                    drop(unsafe { sys::take_owned(id.idx as RawFd) });
+                    self.machine.released(&mut self.bufs, id.idx, id.gen);
+                }
                 Action::Close(id) => {
                     // SAFETY: a live slot owns the descriptor equal to its index (see `admit`); the
                     // machine asks for its close once, and the slot is released right after, so

@@ -182,6 +182,23 @@ pub fn open_spare() -> io::Result<OwnedFd> {
     Ok(owned(fd))
 }
 
+/// SO_LINGER {on, 0}: the next close sends an RST and frees the socket's queues at once.
+pub fn set_linger_zero(fd: RawFd) -> io::Result<()> {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY (syscall!): the option value points at a live `linger` of the size passed.
+    syscall!(setsockopt(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_LINGER,
+        (&l as *const libc::linger).cast(),
+        std::mem::size_of::<libc::linger>() as libc::socklen_t
+    ))?;
+    Ok(())
+}
+
 /// Shuts down the write side (FIN), for a lingering close.
 pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
     // SAFETY (syscall!): plain integer arguments.

@@ -1,7 +1,10 @@
 //! `ringhold load`: opens and holds up to a million TCP connections from one process, sends each a
 //! heartbeat per interval (or a constant total rate) and verifies every echoed byte. With
 //! `--protocol http` the heartbeats are HTTP/1.1 keep-alive GETs whose answers are checked for status
-//! and body length (optionally in the http-kit client pattern).
+//! and body length (optionally in the http-kit client pattern); with `--protocol websocket` each
+//! connection upgrades (RFC 6455) and its heartbeats are masked binary messages echoed back whole.
+//! `--part` runs one share of a load spread over many processes; `--metrics-listen` exports its
+//! counters to Prometheus.
 //!
 //! Each worker thread owns one io_uring with a fixed-file table and a provided buffer ring; sockets
 //! live only as direct descriptors, so the process fd limit bounds a table (RLIMIT_NOFILE slots), not
@@ -11,6 +14,7 @@
 //! This crate must not grow server code: it talks to a server only through its sockets.
 
 mod bufring;
+mod fleet;
 mod kernel;
 mod pattern;
 mod plan;
@@ -26,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-pub use plan::{LoadArgs, LoadProtocol, SetupMode};
+pub use plan::{LoadArgs, LoadProtocol, MetricsListen, Part, SetupMode};
 pub use sources::{
     connections_per_source, local_port_span, sources_needed, Sources, DEFAULT_PORT_SPAN,
     SOURCE_FILL_PERCENT,
@@ -34,7 +38,8 @@ pub use sources::{
 
 use plan::Plan;
 use report::Outcome;
-use stats::{Counts, Shared};
+use ringhold_metrics::{LoadCounters, LoadMetrics};
+use stats::{Counts, Shared, CAUSES};
 
 /// Runs `ringhold load`: 0 when every connection was held and every echo intact, 1 when something
 /// failed or was lost, 2 on a usage or setup error.
@@ -107,14 +112,34 @@ fn run_inner(args: &LoadArgs) -> Result<bool, String> {
         eprintln!("ringhold load: note: {n}");
     }
     eprintln!(
-        "ringhold load: {} connections to {} from {} source address(es), {} workers x {} fixed-file slots (setup: {setup_name}), duration {}",
+        "ringhold load: {} connections to {} from {} source address(es), {} workers x {} fixed-file slots (setup: {setup_name}), duration {}{}",
         plan.connections,
         plan.target,
         report::sources_desc(&plan),
         plan.workers,
         plan.slots_per_ring,
         report::fmt_us(plan.duration.as_micros() as u64),
+        match plan.part {
+            Some((p, total)) => format!(", part {p} of {total} connections in all"),
+            None => String::new(),
+        },
     );
+    setup::check_sources(&plan.sources)?;
+    if args.dry_run {
+        println!("{}", report::plan_text(&plan));
+        return Ok(true);
+    }
+    let metrics = match args.metrics_listen.0 {
+        Some(addr) => {
+            let part = plan.part.map_or("0/1".to_string(), |(p, _)| p.to_string());
+            let bound = ringhold_metrics::install_load(addr, &part, plan.protocol.name())
+                .map_err(|e| format!("--metrics-listen {addr}: {e}"))?;
+            eprintln!("ringhold load: metrics on http://{bound}/metrics");
+            let causes: Vec<&'static str> = CAUSES.iter().map(|c| c.key()).collect();
+            Some(LoadMetrics::new(&causes))
+        }
+        None => None,
+    };
     let (rss_start, _) = rss();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -227,6 +252,9 @@ fn run_inner(args: &LoadArgs) -> Result<bool, String> {
                 rate,
                 &tick,
             );
+            if let Some(m) = &metrics {
+                export(m, &plan, &c, &tick, done);
+            }
             let mut err = std::io::stderr().lock();
             if tty {
                 let _ = write!(err, "\r\x1b[2K{line}");
@@ -277,6 +305,56 @@ fn run_inner(args: &LoadArgs) -> Result<bool, String> {
     }
     if stop.load(Ordering::Relaxed) {
         eprintln!("ringhold load: stopped early by a signal");
+    } else if metrics.is_some() && !args.metrics_linger.is_zero() {
+        eprintln!(
+            "ringhold load: serving the final metrics for {} (--metrics-linger)",
+            report::fmt_us(args.metrics_linger.as_micros() as u64)
+        );
+        let until = Instant::now() + args.metrics_linger;
+        while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep((until - Instant::now()).min(Duration::from_millis(100)));
+        }
     }
     Ok(outcome.ok())
+}
+
+/// The states of this process's connections, from its workers' summed counters. They add up to the
+/// planned connections; once every worker has finished (`done`), what was open or still connecting
+/// has been closed by the load generator.
+fn load_counters(plan: &Plan, c: &Counts, done: bool) -> LoadCounters {
+    let planned = u64::from(plan.connections);
+    let failed = c.failed_total();
+    let waiting = planned.saturating_sub(c.attempted);
+    // attempted = connecting + open + failed (a failed connect is no longer pending).
+    let connecting = c.attempted.saturating_sub(c.alive + failed);
+    let states = if done {
+        [waiting, 0, 0, failed, connecting + c.alive]
+    } else {
+        [waiting, connecting, c.alive, failed, 0]
+    };
+    LoadCounters {
+        states,
+        opened: c.connected,
+        heartbeats_sent: c.sent,
+        heartbeats_echoed: c.echoed,
+        heartbeats_late: c.late,
+        heartbeats_outstanding: if done { 0 } else { c.outstanding },
+        bytes_sent: c.bytes_sent,
+        bytes_received: c.bytes_received,
+    }
+}
+
+/// Copies the counters and the latencies of the last tick into the exported metrics.
+fn export(
+    m: &LoadMetrics,
+    plan: &Plan,
+    c: &Counts,
+    tick: &hdrhistogram::Histogram<u64>,
+    done: bool,
+) {
+    for v in tick.iter_recorded() {
+        m.record_latency(v.value_iterated_to() as f64 / 1e6, v.count_at_value());
+    }
+    ringhold_metrics::upkeep();
+    m.flush(&load_counters(plan, c, done), &c.failed);
 }

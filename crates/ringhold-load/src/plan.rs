@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use ringhold_core::units::{parse_duration, parse_size};
 
+pub use crate::fleet::{parse_part, Part};
 use crate::pattern;
 use crate::sources::{
-    auto_sources, connections_per_source, parse_sources, sources_needed, Sources,
+    auto_sources, connections_per_source, parse_sources, part_sources, sources_needed, Sources,
     DEFAULT_PORT_SPAN, SOURCE_FILL_PERCENT,
 };
 
@@ -45,11 +46,13 @@ pub struct LoadArgs {
     pub connect_rate: f64,
 
     /// Source addresses to connect from: `auto`, `kernel`, a range (127.0.0.2-127.0.3.255), one
-    /// address, or a count K (K addresses from 127.0.0.2 on). Each source has its own ephemeral port
-    /// range (sockets are bound with IP_BIND_ADDRESS_NO_PORT). `auto` (the default): for a 127.x
-    /// target, one source per ~30 % of net.ipv4.ip_local_port_range (8,469 connections with the
-    /// default 32768-60999), because connect()'s port search slows sharply once half of a source's
-    /// ports are taken; for any other target the kernel picks. `kernel`: never bind a source.
+    /// address, a count K (K addresses from 127.0.0.2 on), or `host:CIDR`: every IPv4 address this
+    /// host has inside CIDR (e.g. host:10.64.0.0/16; on Kubernetes' host network, the node's own load
+    /// addresses). Each source has its own ephemeral port range (sockets are bound with
+    /// IP_BIND_ADDRESS_NO_PORT). `auto` (the default): for a 127.x target, one source per ~30 % of
+    /// net.ipv4.ip_local_port_range (8,469 connections with the default 32768-60999), because
+    /// connect()'s port search slows sharply once half of a source's ports are taken; for any other
+    /// target the kernel picks. `kernel`: never bind a source.
     #[arg(long, env = "RINGHOLD_SOURCES", default_value = "auto", value_parser = parse_sources)]
     pub sources: Sources,
 
@@ -128,6 +131,41 @@ pub struct LoadArgs {
     /// ring's table and close it), `auto` (ring when the kernel has IORING_OP_BIND).
     #[arg(long, env = "RINGHOLD_SETUP", value_enum, default_value = "auto")]
     pub setup: SetupMode,
+
+    /// Run one part of a load spread over many processes or machines: `INDEX/COUNT` (0-based, e.g.
+    /// `3/10`; a Kubernetes Indexed Job passes `$(JOB_COMPLETION_INDEX)/10`). --connections,
+    /// --connect-rate and --rate are then totals over all parts: this process opens its share of the
+    /// connections (the first `connections % COUNT` parts one more), at its share of the rates. The
+    /// --sources (a list, a count, or what `auto` picks for the whole fleet) are split into COUNT
+    /// contiguous blocks and this process connects from block INDEX only, so no two parts share a
+    /// source address; `host:CIDR` sources are this host's own and are not split.
+    #[arg(long, env = "RINGHOLD_PART", value_parser = parse_part)]
+    pub part: Option<Part>,
+
+    /// Serve this load generator's Prometheus metrics at ADDR (`GET /metrics`), or `off`: connections
+    /// by state, heartbeats sent and echoed, failures by cause, a latency histogram. Summed over the
+    /// processes of a fleet by one query (see grafana/ and deploy/kubernetes/load-job.yaml).
+    #[arg(long, env = "RINGHOLD_LOAD_METRICS_LISTEN", default_value = "off",
+          value_parser = parse_metrics_listen)]
+    pub metrics_listen: MetricsListen,
+
+    /// After the run, keep serving --metrics-listen this long, so that the last scrape sees the final
+    /// counts (a Job's pod ends with the process). SIGINT/SIGTERM ends it early.
+    #[arg(long, env = "RINGHOLD_METRICS_LINGER", default_value = "0", value_parser = parse_duration)]
+    pub metrics_linger: Duration,
+
+    /// Print what this process would do (its part, connections, source addresses, rates, workers),
+    /// check that its sources belong to this host, and exit without connecting.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `--metrics-listen`: an address, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricsListen(pub Option<SocketAddr>);
+
+fn parse_metrics_listen(s: &str) -> Result<MetricsListen, String> {
+    ringhold_metrics::parse_listen(s).map(MetricsListen)
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -210,7 +248,10 @@ pub const MAX_HTTP_PATH: usize = 1024;
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub target: SocketAddr,
+    /// This process's connections (its share when `part` is set).
     pub connections: u32,
+    /// `--part`, and the connections of all parts together.
+    pub part: Option<(Part, u64)>,
     /// Source addresses, in turn (empty: the kernel picks).
     pub sources: Vec<Ipv4Addr>,
     /// Echo: heartbeat size. HTTP: the body length each GET asks for (http-kit: see `http`).
@@ -256,10 +297,32 @@ impl Plan {
             return Err("--connections must be at least 1".into());
         }
         let span = port_span.unwrap_or(DEFAULT_PORT_SPAN).max(1);
+        let total = u64::from(a.connections);
+        // This part's connections and share of the rates (all of them without --part).
+        let (connections, fraction) = match a.part {
+            None => (a.connections, 1.0),
+            Some(p) => {
+                let mine = p.share(total);
+                if mine == 0 {
+                    return Err(format!(
+                        "--connections {total} is fewer than the {} parts of --part: part {p} would open none",
+                        p.count
+                    ));
+                }
+                (mine as u32, mine as f64 / total as f64)
+            }
+        };
+        // The fleet's sources, then this part's block of them (host:CIDR ones are this host's own).
+        let parts = a.part.map_or(1, |p| p.count);
         let (sources, sources_auto) = match &a.sources {
-            Sources::Auto => (auto_sources(&target, a.connections, span), true),
+            Sources::Auto => (auto_sources(&target, total, span, parts), true),
             Sources::Kernel => (Vec::new(), false),
-            Sources::List(v) => (v.clone(), false),
+            Sources::List(v) | Sources::Host(v) => (v.clone(), false),
+        };
+        let split = !matches!(a.sources, Sources::Host(_));
+        let sources = match a.part {
+            Some(p) if split && !sources.is_empty() => part_sources(&sources, p)?,
+            _ => sources,
         };
         if !sources.is_empty() && target.is_ipv6() {
             return Err("--sources are IPv4 addresses but --target is IPv6".into());
@@ -292,7 +355,8 @@ impl Plan {
                 }
                 None
             }
-            Some(r) if r > 0.0 => Some(Duration::from_secs_f64(f64::from(a.connections) / r)),
+            // From the totals: every part sends at the same per-connection period.
+            Some(r) if r > 0.0 => Some(Duration::from_secs_f64(total as f64 / r)),
             Some(_) => {
                 return Err("--rate must be above 0 (use --interval 0 to send nothing)".into())
             }
@@ -315,19 +379,20 @@ impl Plan {
         } else {
             a.workers
         };
-        let needed = a.connections.div_ceil(table_max);
-        let workers = asked.max(needed).min(a.connections).min(4096);
+        let needed = connections.div_ceil(table_max);
+        let workers = asked.max(needed).min(connections).min(4096);
         if workers > asked {
             notes.push(format!(
                 "using {workers} workers (asked for {asked}): each io_uring fixed-file table holds at most \
                  {table_max} connections (RLIMIT_NOFILE)"
             ));
         }
-        let slots_per_ring = a.connections.div_ceil(workers);
-        let n = u64::from(a.connections);
+        let slots_per_ring = connections.div_ceil(workers);
+        let n = u64::from(connections);
         let n_src = sources.len().max(1) as u64;
         let per_source = u64::from(connections_per_source(span));
-        let want = sources_needed(n, 1, span);
+        // A list is split over the parts: the fleet needs this many for every part.
+        let want = sources_needed(n, 1, span) * if split { u64::from(parts) } else { 1 };
         if sources_auto && sources.len() > 1 {
             notes.push(format!(
                 "connecting from {} source addresses {}-{} (--sources auto: at most {per_source} connections \
@@ -363,16 +428,17 @@ impl Plan {
         }
         Ok(Plan {
             target,
-            connections: a.connections,
+            connections,
+            part: a.part.map(|p| (p, total)),
             sources,
             sources_auto,
             message_size,
             protocol: a.protocol,
             http,
             period,
-            rate: a.rate,
+            rate: a.rate.map(|r| r * fraction),
             duration: a.duration,
-            connect_rate: a.connect_rate,
+            connect_rate: a.connect_rate * fraction,
             connect_timeout: a.connect_timeout,
             echo_timeout: a.echo_timeout,
             workers,
@@ -623,6 +689,97 @@ mod tests {
         let p = plan_for("127.0.0.1:7000", 100_000, &["--sources", "2"]);
         assert!(
             p.notes.iter().any(|n| n.contains("'no address'")),
+            "{:?}",
+            p.notes
+        );
+    }
+
+    fn plan_of(argv: &[&str]) -> Result<Plan, String> {
+        Plan::new(&parse(argv).unwrap(), 20_000, 2, Some(DEFAULT_PORT_SPAN))
+    }
+
+    #[test]
+    fn a_part_takes_its_share_of_connections_sources_and_rates() {
+        let all = [
+            "-c",
+            "301",
+            "--sources",
+            "127.0.0.2-127.0.0.6",
+            "--connect-rate",
+            "602",
+        ];
+        let p0 = plan_of(&[&all[..], &["--part", "0/2", "--rate", "301"]].concat()).unwrap();
+        let p1 = plan_of(&[&all[..], &["--part", "1/2", "--rate", "301"]].concat()).unwrap();
+        assert_eq!((p0.connections, p1.connections), (151, 150));
+        assert_eq!(p0.sources.len() + p1.sources.len(), 5);
+        assert_eq!(p0.sources.last(), Some(&Ipv4Addr::new(127, 0, 0, 4)));
+        assert_eq!(p1.sources.first(), Some(&Ipv4Addr::new(127, 0, 0, 5)));
+        assert_eq!(p0.connect_rate, 302.0);
+        // Every part sends at the fleet's per-connection period: 301 connections / 301 msg/s = 1 s.
+        assert_eq!(p0.period, Some(Duration::from_secs(1)));
+        assert_eq!(p1.period, Some(Duration::from_secs(1)));
+        assert_eq!(p1.part.map(|(p, t)| (p.index, t)), Some((1, 301)));
+        // Too few sources or connections for the parts.
+        assert!(plan_of(&["-c", "100", "--sources", "2", "--part", "0/3"]).is_err());
+        assert!(plan_of(&["-c", "2", "--part", "2/3"]).is_err());
+        assert_eq!(
+            plan_of(&["-c", "2", "--part", "1/3"]).unwrap().connections,
+            1
+        );
+        // host:CIDR sources are this host's own: every part uses all of them.
+        let host = [
+            "-c",
+            "100",
+            "--sources",
+            "host:127.0.0.0/8",
+            "--part",
+            "1/4",
+        ];
+        let own = plan_of(&host).unwrap();
+        assert!(
+            own.sources.contains(&Ipv4Addr::LOCALHOST),
+            "{:?}",
+            own.sources
+        );
+    }
+
+    #[test]
+    fn auto_sources_are_split_over_the_parts_without_sharing() {
+        // 300k connections need 36 sources on one host; 4 parts take 9 each, in order.
+        let mut seen = Vec::new();
+        for i in 0..4 {
+            let part = format!("{i}/4");
+            let p = plan_for("127.0.0.1:7000", 300_000, &["--part", &part]);
+            assert!(p.sources_auto);
+            assert_eq!(p.connections, 75_000);
+            assert_eq!(p.sources.len(), 9, "{:?}", p.notes);
+            assert!(
+                p.notes.iter().any(|n| n.contains("--sources auto")),
+                "{:?}",
+                p.notes
+            );
+            seen.extend(p.sources);
+        }
+        let k = sources_needed(300_000, 1, DEFAULT_PORT_SPAN) as usize;
+        assert_eq!(seen.len(), k);
+        assert_eq!(seen[0], Ipv4Addr::new(127, 0, 0, 2));
+        assert!(seen
+            .windows(2)
+            .all(|w| u32::from(w[1]) == u32::from(w[0]) + 1));
+        // 20k over 10 parts: 3 sources would do for one process, but each part gets its own.
+        let p = plan_for("127.0.0.1:7000", 20_000, &["--part", "9/10"]);
+        assert_eq!(p.sources, vec![Ipv4Addr::new(127, 0, 0, 11)]);
+        // Small fleets stay with the kernel's choice.
+        let p = plan_for("127.0.0.1:7000", 8_000, &["--part", "0/2"]);
+        assert!(p.sources.is_empty());
+        // An explicit list too short for the fleet says how many the fleet needs.
+        let p = plan_for(
+            "127.0.0.1:7000",
+            300_000,
+            &["--sources", "8", "--part", "0/2"],
+        );
+        assert!(
+            p.notes.iter().any(|n| n.contains("--sources 36")),
             "{:?}",
             p.notes
         );

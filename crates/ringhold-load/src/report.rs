@@ -79,6 +79,76 @@ pub fn progress_line(
     s
 }
 
+/// What a run would do (`--dry-run`), one `key value` line each.
+pub fn plan_text(p: &Plan) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "target         {}", p.target);
+    if let Some((part, total)) = p.part {
+        let _ = writeln!(s, "part           {part} of {total} connections");
+    }
+    let _ = writeln!(s, "connections    {}", p.connections);
+    let _ = writeln!(
+        s,
+        "sources        {}",
+        match (p.sources.first(), p.sources.last()) {
+            (Some(a), Some(b)) => format!("{a}-{b} ({} addresses)", p.sources.len()),
+            _ => "kernel-chosen".to_string(),
+        }
+    );
+    let _ = writeln!(s, "connect rate   {}/s", p.connect_rate);
+    let _ = writeln!(s, "protocol       {}", p.protocol.name());
+    let _ = writeln!(s, "heartbeats     {}", heartbeat_desc(p));
+    let _ = writeln!(
+        s,
+        "duration       {}",
+        fmt_us(p.duration.as_micros() as u64)
+    );
+    let _ = write!(
+        s,
+        "workers        {} x {} fixed-file slots",
+        p.workers, p.slots_per_ring
+    );
+    s
+}
+
+/// What each connection sends, for people.
+fn heartbeat_desc(p: &Plan) -> String {
+    if let Some(h) = &p.http {
+        return match (h.kit, p.period, p.rate) {
+            (Some(k), _, _) => format!(
+                "http-kit pattern: GET {}?length={}..{}, pause {}..{} after each answer",
+                h.path,
+                k.length.0,
+                k.length.1,
+                fmt_us(k.pause_us.0),
+                fmt_us(k.pause_us.1)
+            ),
+            (None, None, _) => "no requests (held idle)".into(),
+            (None, Some(_), Some(r)) => {
+                format!(
+                    "GET {}?length={} at {r} req/s in total",
+                    h.path, p.message_size
+                )
+            }
+            (None, Some(d), None) => format!(
+                "GET {}?length={} every {}",
+                h.path,
+                p.message_size,
+                fmt_us(d.as_micros() as u64)
+            ),
+        };
+    }
+    match (p.period, p.rate) {
+        (None, _) => "no heartbeats (held idle)".into(),
+        (Some(_), Some(r)) => format!("{} B heartbeats at {r} msg/s in total", p.message_size),
+        (Some(d), None) => format!(
+            "{} B heartbeat every {}",
+            p.message_size,
+            fmt_us(d.as_micros() as u64)
+        ),
+    }
+}
+
 /// Everything measured in one run.
 pub struct Outcome<'a> {
     pub plan: &'a Plan,
@@ -126,44 +196,6 @@ impl Outcome<'_> {
         }
     }
 
-    fn heartbeat_desc(&self) -> String {
-        let p = self.plan;
-        if let Some(h) = &p.http {
-            return match (h.kit, p.period, p.rate) {
-                (Some(k), _, _) => format!(
-                    "http-kit pattern: GET {}?length={}..{}, pause {}..{} after each answer",
-                    h.path,
-                    k.length.0,
-                    k.length.1,
-                    fmt_us(k.pause_us.0),
-                    fmt_us(k.pause_us.1)
-                ),
-                (None, None, _) => "no requests (held idle)".into(),
-                (None, Some(_), Some(r)) => {
-                    format!(
-                        "GET {}?length={} at {r} req/s in total",
-                        h.path, p.message_size
-                    )
-                }
-                (None, Some(d), None) => format!(
-                    "GET {}?length={} every {}",
-                    h.path,
-                    p.message_size,
-                    fmt_us(d.as_micros() as u64)
-                ),
-            };
-        }
-        match (p.period, p.rate) {
-            (None, _) => "no heartbeats (held idle)".into(),
-            (Some(_), Some(r)) => format!("{} B heartbeats at {r} msg/s in total", p.message_size),
-            (Some(d), None) => format!(
-                "{} B heartbeat every {}",
-                p.message_size,
-                fmt_us(d.as_micros() as u64)
-            ),
-        }
-    }
-
     /// The final table (printed to stdout).
     pub fn table(&self) -> String {
         let c = &self.counts;
@@ -178,8 +210,18 @@ impl Outcome<'_> {
             sources_desc(p),
             p.workers,
             self.setup,
-            self.heartbeat_desc()
+            heartbeat_desc(p)
         );
+        if let Some((part, total)) = p.part {
+            let _ = writeln!(
+                s,
+                "  part           {part} of a load of {total} connections; sources {}",
+                match (p.sources.first(), p.sources.last()) {
+                    (Some(a), Some(b)) => format!("{a}-{b}"),
+                    _ => "kernel-chosen".to_string(),
+                }
+            );
+        }
         let ramp = if c.ramp_done_us > 0 {
             format!("  (all connects settled after {})", fmt_us(c.ramp_done_us))
         } else {
@@ -360,6 +402,9 @@ impl Outcome<'_> {
                 "connect_rate": p.connect_rate,
                 "connect_timeout_us": p.connect_timeout.as_micros() as u64,
                 "echo_timeout_us": p.echo_timeout.as_micros() as u64,
+                "part": p.part.map(|(part, total)| json!({
+                    "index": part.index, "count": part.count, "connections_all_parts": total,
+                })),
             },
             "elapsed_us": self.elapsed_us,
             "ramp_us": (c.ramp_done_us > 0).then_some(c.ramp_done_us),

@@ -126,3 +126,75 @@ pub fn socket_into_slot(
     drop(fd); // the ring holds its own reference now
     Ok(())
 }
+
+/// Checks before the run that every source address belongs to this host: binds a throwaway socket to
+/// each (address only, like the connections). A missing one would otherwise fail every connection
+/// from it as "no address", which reads like port exhaustion.
+pub fn check_sources(sources: &[Ipv4Addr]) -> Result<(), String> {
+    let mut missing = Vec::new();
+    for ip in sources {
+        let src = RawAddr::source(*ip);
+        // SAFETY: plain syscall; the result is checked.
+        let fd = match cvt(unsafe {
+            libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0)
+        }) {
+            Ok(fd) => fd,
+            Err(e) => return Err(format!("checking --sources: socket: {e}")),
+        };
+        // SAFETY: fd was just returned by socket() and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: optval points to a live c_int of the given length.
+        let _ = cvt(unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                std::ptr::addr_of!(ONE).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        });
+        // SAFETY: the address points to `len` valid bytes.
+        if let Err(e) = cvt(unsafe { libc::bind(fd.as_raw_fd(), src.as_ptr(), src.len) }) {
+            if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) {
+                missing.push(*ip);
+            } else {
+                return Err(format!("checking --sources: binding {ip}: {e}"));
+            }
+        }
+    }
+    match missing.as_slice() {
+        [] => Ok(()),
+        [first, ..] => Err(format!(
+            "{} of the --sources are not addresses of this host (first: {first}): add them (e.g. `ip addr add {first}/32 dev lo` \
+             for a local test, or secondary addresses the servers route back to), or pick sources this host owns; in \
+             Kubernetes the pod needs hostNetwork to use the node's addresses",
+            missing.len()
+        )),
+    }
+}
+
+/// Every IPv4 address of this host's interfaces (getifaddrs), in interface order.
+pub fn host_ipv4_addresses() -> io::Result<Vec<Ipv4Addr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a list head we free below with freeifaddrs.
+    cvt(unsafe { libc::getifaddrs(&mut head) })?;
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, not freed yet.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points to a sockaddr whose family says how long it is.
+            let family = unsafe { (*ifa.ifa_addr).sa_family };
+            if i32::from(family) == libc::AF_INET {
+                // SAFETY: an AF_INET address is a sockaddr_in.
+                let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
+                out.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: `head` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
+}

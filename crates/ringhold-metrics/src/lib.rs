@@ -10,8 +10,12 @@
 //! The exporter's runtime lives on its own thread and renders on each scrape; it is never shared with
 //! the shards. Nor must a client of the admin port be able to blind it: see `http.rs` for the
 //! deadlines and the connection cap.
+//!
+//! `ringhold load` uses the same recorder and exporter ([`install_load`], [`LoadMetrics`]) with its own
+//! `ringhold_load_*` names.
 
 mod http;
+mod load;
 pub mod names;
 mod process;
 mod shard;
@@ -21,8 +25,9 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 
 use metrics::{counter, gauge};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+pub use load::{LoadCounters, LoadMetrics, LOAD_STATES};
 pub use process::resident_bytes;
 pub use shard::ShardMetrics;
 
@@ -30,6 +35,16 @@ pub use shard::ShardMetrics;
 pub const CONTENT_TYPE: &str = http::CONTENT_TYPE;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Parses a `--metrics-listen` value: `ip:port`, or `off` (any case) for no exporter.
+pub fn parse_listen(s: &str) -> Result<Option<SocketAddr>, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|_| format!("'{s}' is not an ip:port or off"))
+}
 
 /// Installs the Prometheus recorder (once per process) and serves `/metrics` on `listen`; returns the
 /// bound address (so port 0 works). `None` (`--metrics-listen off`) installs nothing: every
@@ -48,11 +63,42 @@ pub fn install(listen: Option<SocketAddr>, engine: &str) -> io::Result<Option<So
     Ok(Some(bound))
 }
 
+/// `ringhold load --metrics-listen`: installs the recorder (once per process) and serves `/metrics` on
+/// `listen`; returns the bound address. `part` (`index/count` in a fleet, `0/1` alone) and `protocol`
+/// (`echo`, `http`, `websocket`) are labels of `ringhold_load_build_info`. Register the series with
+/// [`LoadMetrics::new`].
+pub fn install_load(listen: SocketAddr, part: &str, protocol: &str) -> io::Result<SocketAddr> {
+    let handle = recorder()?;
+    gauge!(names::LOAD_BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "part" => part.to_string(),
+        "protocol" => protocol.to_string())
+    .set(1.0);
+    process::update_load();
+    http::serve(listen, move || {
+        counter!(names::SCRAPES).increment(1);
+        process::update_load();
+        handle.render()
+    })
+}
+
+/// Folds histogram samples recorded since the last call into their buckets (a scrape does the same).
+/// Without it, samples would pile up between scrapes, or forever with no scraper.
+pub fn upkeep() {
+    if let Some(h) = HANDLE.get() {
+        h.run_upkeep();
+    }
+}
+
 fn recorder() -> io::Result<PrometheusHandle> {
     if let Some(h) = HANDLE.get() {
         return Ok(h.clone());
     }
-    let recorder = PrometheusBuilder::new().build_recorder();
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(names::LOAD_LATENCY.to_string()),
+            &names::LOAD_LATENCY_BUCKETS,
+        )
+        .map_err(|e| io::Error::other(format!("histogram buckets: {e}")))?
+        .build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder)
         .map_err(|e| io::Error::other(format!("cannot install the metrics recorder: {e}")))?;

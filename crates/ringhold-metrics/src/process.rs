@@ -6,7 +6,7 @@ use std::io;
 
 use metrics::gauge;
 
-use crate::names::{RESIDENT_MEMORY, RESIDENT_PER_CONNECTION};
+use crate::names::{LOAD_RESIDENT_MEMORY, RESIDENT_MEMORY, RESIDENT_PER_CONNECTION};
 
 /// Resident set size of this process in bytes.
 pub fn resident_bytes() -> io::Result<u64> {
@@ -54,6 +54,14 @@ pub(crate) fn update(active: u64) {
             static WARNED: std::sync::Once = std::sync::Once::new();
             WARNED.call_once(|| tracing::warn!("cannot read resident memory: {e}"));
         }
+    }
+}
+
+/// The load generator's resident memory gauge (its per-connection cost is on the dashboard, from the
+/// open connections).
+pub(crate) fn update_load() {
+    if let Ok(rss) = resident_bytes() {
+        gauge!(LOAD_RESIDENT_MEMORY).set(rss as f64);
     }
 }
 

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use metrics::{counter, gauge, Counter, Gauge};
+use ringhold_core::http::{HttpError, Method, STATUS_CLASS_LABELS};
+use ringhold_core::ws::CloseCode;
 use ringhold_core::{CloseReason, RejectReason, ShardCounters};
 
 use crate::names::*;
@@ -45,6 +47,102 @@ pub struct ShardMetrics {
     linger_timeouts: Counter,
     waiting_for_buffer: Gauge,
     reserve_pauses: Counter,
+    http: HttpMetrics,
+    ws: WsMetrics,
+}
+
+/// `--protocol http` series of one shard.
+struct HttpMetrics {
+    responses: [[Counter; STATUS_CLASS_LABELS.len()]; Method::COUNT],
+    errors: [Counter; HttpError::COUNT],
+    continues: Counter,
+    truncated: Counter,
+}
+
+/// `--protocol websocket` series of one shard.
+struct WsMetrics {
+    upgrades: Counter,
+    rejected: [Counter; 3],
+    frames: [Counter; 2],
+    messages: [Counter; 2],
+    pings: [Counter; 2],
+    pongs: [Counter; 2],
+    closes_sent: [Counter; CloseCode::COUNT],
+    closes_received: Counter,
+}
+
+impl HttpMetrics {
+    fn new(s: &str) -> HttpMetrics {
+        HttpMetrics {
+            responses: Method::ALL.map(|m| {
+                STATUS_CLASS_LABELS.map(|c| {
+                    counter!(HTTP_RESPONSES, "shard" => s.to_string(), "method" => m.label(), "status_class" => c)
+                })
+            }),
+            errors: HttpError::ALL.map(|e| {
+                counter!(HTTP_PROTOCOL_ERRORS, "shard" => s.to_string(), "status" => e.status().to_string())
+            }),
+            continues: counter!(HTTP_CONTINUES, "shard" => s.to_string()),
+            truncated: counter!(HTTP_TRUNCATED, "shard" => s.to_string()),
+        }
+    }
+
+    fn flush(&self, h: &ringhold_core::http::HttpStats) {
+        for (row, vals) in self.responses.iter().zip(&h.responses) {
+            for (c, v) in row.iter().zip(vals) {
+                c.absolute(*v);
+            }
+        }
+        for (c, v) in self.errors.iter().zip(&h.protocol_errors) {
+            c.absolute(*v);
+        }
+        self.continues.absolute(h.continues);
+        self.truncated.absolute(h.truncated);
+    }
+}
+
+impl WsMetrics {
+    fn new(s: &str) -> WsMetrics {
+        let dir = |name: &'static str| {
+            ["in", "out"].map(|d| counter!(name, "shard" => s.to_string(), "direction" => d))
+        };
+        WsMetrics {
+            upgrades: counter!(WS_UPGRADES, "shard" => s.to_string()),
+            rejected: ["400", "426", "431"]
+                .map(|st| counter!(WS_REJECTED, "shard" => s.to_string(), "status" => st)),
+            frames: dir(WS_FRAMES),
+            messages: dir(WS_MESSAGES),
+            pings: dir(WS_PINGS),
+            pongs: dir(WS_PONGS),
+            closes_sent: CloseCode::ALL
+                .map(|c| counter!(WS_CLOSES_SENT, "shard" => s.to_string(), "code" => c.label())),
+            closes_received: counter!(WS_CLOSES_RECEIVED, "shard" => s.to_string()),
+        }
+    }
+
+    fn flush(&self, w: &ringhold_core::ws::WsStats) {
+        self.upgrades.absolute(w.upgrades);
+        for (c, v) in self
+            .rejected
+            .iter()
+            .zip([w.rejected_400, w.rejected_426, w.rejected_431])
+        {
+            c.absolute(v);
+        }
+        for (pair, (i, o)) in [
+            (&self.frames, (w.frames_in, w.frames_out)),
+            (&self.messages, (w.messages_in, w.messages_out)),
+            (&self.pings, (w.pings_in, w.pings_out)),
+            (&self.pongs, (w.pongs_in, w.pongs_out)),
+        ] {
+            pair[0].absolute(i);
+            pair[1].absolute(o);
+        }
+        for (c, v) in self.closes_sent.iter().zip(&w.closes_sent) {
+            c.absolute(*v);
+        }
+        self.closes_received.absolute(w.closes_received);
+    }
 }
 
 impl ShardMetrics {
@@ -78,7 +176,9 @@ impl ShardMetrics {
             lingering_closes: counter!(LINGERING_CLOSES, "shard" => s.clone()),
             linger_timeouts: counter!(LINGER_TIMEOUTS, "shard" => s.clone()),
             waiting_for_buffer: gauge!(WAITING_FOR_BUFFER, "shard" => s.clone()),
-            reserve_pauses: counter!(RESERVE_PAUSES, "shard" => s),
+            reserve_pauses: counter!(RESERVE_PAUSES, "shard" => s.clone()),
+            http: HttpMetrics::new(&s),
+            ws: WsMetrics::new(&s),
         };
         m.flush_ref(&ShardCounters::default());
         m
@@ -113,6 +213,8 @@ impl ShardMetrics {
         self.linger_timeouts.absolute(c.linger_timeouts);
         self.waiting_for_buffer.set(c.waiting_for_buffer as f64);
         self.reserve_pauses.absolute(c.reserve_pauses);
+        self.http.flush(&c.proto.http);
+        self.ws.flush(&c.proto.ws);
     }
 }
 

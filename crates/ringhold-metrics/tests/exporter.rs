@@ -1,6 +1,7 @@
 //! The exporter end to end inside one process: install on an ephemeral port, flush synthetic shard
 //! counters, scrape over real TCP (with deadlines: a hung exporter fails, it does not hang the test),
-//! check exact values and `promtool check metrics` (a SKIP without promtool, a failure under `CI`).
+//! check exact values and `promtool check metrics` (a SKIP without promtool, a failure under `CI`);
+//! then the load generator's series on the same recorder.
 //! (One test function: the recorder is process-global.)
 
 use std::collections::BTreeMap;
@@ -9,7 +10,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 
 use ringhold_core::{CloseReason, RejectReason, ShardCounters};
-use ringhold_metrics::{install, names, render, ShardMetrics};
+use ringhold_metrics::{
+    install, install_load, names, render, upkeep, LoadCounters, LoadMetrics, ShardMetrics,
+};
 use ringhold_tests::secs;
 use ringhold_tests::tools::{require, run_with_input};
 
@@ -221,4 +224,82 @@ fn exporter_end_to_end() {
     // Other paths and methods.
     let resp = request(addr, b"GET /nope HTTP/1.1\r\nConnection: close\r\n\r\n");
     assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
+
+    load_side_on_the_same_recorder();
+}
+
+/// `ringhold load --metrics-listen`: its series on the same recorder, exact after a flush, the latency
+/// histogram in its buckets (folded by `upkeep`, as with nobody scraping), promtool-clean.
+fn load_side_on_the_same_recorder() {
+    let addr = install_load("127.0.0.1:0".parse().unwrap(), "1/3", "websocket").unwrap();
+    let m = LoadMetrics::new(&["refused", "reset", "bad_status", "handshake"]);
+    let text = scrape(addr);
+    let s = samples(&text);
+    assert_eq!(s[r#"ringhold_load_connections{state="waiting"}"#], 0.0);
+    assert_eq!(s[r#"ringhold_load_failures_total{cause="reset"}"#], 0.0);
+    assert_eq!(
+        s[r#"ringhold_load_build_info{part="1/3",protocol="websocket",version="0.1.0"}"#],
+        1.0
+    );
+    assert!(s["ringhold_load_resident_memory_bytes"] > 0.0);
+
+    let c = LoadCounters {
+        states: [1, 2, 30, 4, 0],
+        opened: 34,
+        heartbeats_sent: 100,
+        heartbeats_echoed: 97,
+        heartbeats_late: 3,
+        heartbeats_outstanding: 3,
+        bytes_sent: 6400,
+        bytes_received: 6208,
+    };
+    m.flush(&c, &[4, 0, 0, 2]);
+    m.record_latency(0.0003, 5);
+    m.record_latency(2.0, 1);
+    upkeep();
+    let text = scrape(addr);
+    let s = samples(&text);
+    let g = |k: &str| *s.get(k).unwrap_or_else(|| panic!("missing {k} in\n{text}"));
+    assert_eq!(g(r#"ringhold_load_connections{state="open"}"#), 30.0);
+    assert_eq!(g(r#"ringhold_load_connections{state="connecting"}"#), 2.0);
+    assert_eq!(g(r#"ringhold_load_failures_total{cause="refused"}"#), 4.0);
+    assert_eq!(g(r#"ringhold_load_failures_total{cause="handshake"}"#), 2.0);
+    assert_eq!(
+        g(r#"ringhold_load_failures_total{cause="bad_status"}"#),
+        0.0
+    );
+    assert_eq!(g("ringhold_load_connections_opened_total"), 34.0);
+    assert_eq!(g("ringhold_load_heartbeats_echoed_total"), 97.0);
+    assert_eq!(g("ringhold_load_heartbeats_outstanding"), 3.0);
+    assert_eq!(g("ringhold_load_bytes_received_total"), 6208.0);
+    assert_eq!(
+        g(r#"ringhold_load_latency_seconds_bucket{le="0.00025"}"#),
+        0.0
+    );
+    assert_eq!(
+        g(r#"ringhold_load_latency_seconds_bucket{le="0.0005"}"#),
+        5.0
+    );
+    assert_eq!(g(r#"ringhold_load_latency_seconds_bucket{le="1"}"#), 5.0);
+    assert_eq!(g(r#"ringhold_load_latency_seconds_bucket{le="2.5"}"#), 6.0);
+    assert_eq!(g(r#"ringhold_load_latency_seconds_bucket{le="+Inf"}"#), 6.0);
+    assert_eq!(g("ringhold_load_latency_seconds_count"), 6.0);
+    assert!((g("ringhold_load_latency_seconds_sum") - 2.0015).abs() < 1e-9);
+    for name in names::ALL_LOAD {
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "no HELP for {name}"
+        );
+    }
+    assert!(text.contains("# TYPE ringhold_load_latency_seconds histogram"));
+    if let Some(promtool) = require("promtool", "prometheus", "exporter_end_to_end") {
+        let mut cmd = Command::new(promtool);
+        cmd.args(["check", "metrics"]);
+        let (status, stdout, stderr) = run_with_input(cmd, text.clone().into_bytes(), secs(60));
+        assert!(
+            status.success() && stdout.is_empty() && stderr.is_empty(),
+            "promtool check metrics:\n{}{stderr}\n--- scrape ---\n{text}",
+            String::from_utf8_lossy(&stdout),
+        );
+    }
 }

@@ -23,7 +23,7 @@ use crate::with_fd;
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 impl State {
-    pub(crate) fn arm_accept(&mut self, io: &mut Io<'_>) -> io::Result<()> {
+    fn arm_accept(&mut self, io: &mut Io<'_>) -> io::Result<()> {
         if self.accept_armed || self.machine.draining() {
             return Ok(());
         }
@@ -57,9 +57,19 @@ impl State {
             self.accept_armed = false;
         }
         if res < 0 {
+            if single_shot {
+                self.shared.accept_refund(Instant::now());
+            }
+            self.accept_release_at = None;
             let errno = -res;
             let retry_later = match errno {
-                libc::ECANCELED => return Ok(()),
+                libc::ECANCELED => {
+                    // Released its token for other shards (or shutdown): try again a little later.
+                    if !self.machine.draining() {
+                        self.accept_resume_at = Some(Instant::now() + self.accept_hold() / 2);
+                    }
+                    return Ok(());
+                }
                 libc::ENFILE if self.direct => {
                     self.machine.counters.reject(RejectReason::TableFull);
                     self.warn_limited(format_args!(
@@ -91,13 +101,16 @@ impl State {
                 if retry_later {
                     self.accept_resume_at = Some(Instant::now() + ACCEPT_RETRY);
                 } else {
-                    self.arm_accept(io)?;
+                    self.rearm_accept_rate_limited(io)?;
                 }
             }
             return Ok(());
         }
         let idx = res as u32;
-        self.shared.accept_paid(Instant::now());
+        if single_shot {
+            self.accept_release_at = None;
+            self.shared.accept_used();
+        }
         self.admit(io, idx)?;
         if !self.accept_armed && !self.machine.draining() {
             self.rearm_accept_rate_limited(io)?;
@@ -105,16 +118,42 @@ impl State {
         Ok(())
     }
 
-    /// Re-arms the accept now, or later when `--max-conn-rate`'s bucket is empty. The token is checked
-    /// here and paid when a connection arrives (`on_accept`), so none is held while nobody connects.
+    /// Re-arms the accept now, or later when `--max-conn-rate`'s bucket is empty. The armed accept
+    /// holds a reserved token (used when a connection arrives, refunded when the accept ends without
+    /// one); held tokens count against the listener's burst.
     pub(crate) fn rearm_accept_rate_limited(&mut self, io: &mut Io<'_>) -> io::Result<()> {
+        if self.accept_armed || self.machine.draining() {
+            return Ok(());
+        }
         let now = Instant::now();
-        if let Err(wait) = self.shared.accept_permit(now) {
+        if let Err(wait) = self.shared.accept_reserve(now) {
             self.machine.counters.accepts_deferred += 1;
             self.accept_resume_at = Some(now + wait);
             return Ok(());
         }
+        if self.shared.conn_rate_limited() {
+            self.accept_release_at = Some(now + self.accept_hold());
+        }
         self.arm_accept(io)
+    }
+
+    /// How long an armed accept may hold a reserved `--max-conn-rate` token without a connection
+    /// before it gives it back: the time the bucket takes to make a token, 10 ms to 1 s.
+    fn accept_hold(&self) -> Duration {
+        self.shared
+            .conn_rate_period()
+            .clamp(Duration::from_millis(10), Duration::from_secs(1))
+    }
+
+    /// Cancels the armed accept (shutdown, or a reserved token to give back); its completion says
+    /// ECANCELED and refunds the token.
+    pub(crate) fn cancel_accept(&mut self, io: &mut Io<'_>) -> io::Result<()> {
+        if !self.accept_armed {
+            return Ok(());
+        }
+        let target = Token::new(Op::Accept, 0, 0).encode();
+        let e = opcode::AsyncCancel::new(target).build();
+        io.push(e.user_data(Token::new(Op::CancelAccept, 0, 0).encode()))
     }
 
     /// A connection arrived in `idx`: the machine admits or refuses it.

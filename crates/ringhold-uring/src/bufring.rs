@@ -6,7 +6,6 @@
 //! used it completes, and make all recycled buffers visible at once (`publish`) with one release store of
 //! the tail.
 
-use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::io;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -14,13 +13,50 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use io_uring::types::BufRingEntry;
 use io_uring::Submitter;
 
-const PAGE: usize = 4096;
+/// An anonymous private mapping: zero pages the kernel commits only when touched (a page-aligned
+/// `alloc_zeroed` would write every byte of it, making the whole reservation resident at once).
+struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(len: usize) -> io::Result<Mapping> {
+        // SAFETY: a fresh anonymous mapping; no existing memory is affected.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(io::Error::last_os_error)?;
+        Ok(Mapping { ptr, len })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly the mapping made in `new`; nothing uses it after this (the
+        // shard drops its io_uring, which unregisters the ring, before its BufRing).
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
 
 pub struct BufRing {
     ring: NonNull<BufRingEntry>,
-    ring_layout: Layout,
     mem: NonNull<u8>,
-    mem_layout: Layout,
+    // The mappings behind `ring` and `mem`; dropped (unmapped) with the BufRing.
+    _ring_map: Mapping,
+    _mem_map: Mapping,
     entries: u16,
     size: u32,
     /// Our copy of the tail; published to the kernel by `publish`.
@@ -31,9 +67,9 @@ pub struct BufRing {
 
 impl BufRing {
     /// Reserves `entries` (a power of two ≤ 32768) buffers of `size` bytes and hands the first
-    /// `provided` of them to the ring; [`BufRing::provide`] hands out more. The memory is a zeroed
-    /// allocation (fresh pages from the kernel), so only buffers the ring has handed out become resident:
-    /// the ring cycles through the provided ones only.
+    /// `provided` of them to the ring; [`BufRing::provide`] hands out more. The memory is an anonymous
+    /// mapping (zero pages committed on first touch), so only buffers the ring has handed out become
+    /// resident: the ring cycles through the provided ones only.
     pub fn new(entries: u16, size: u32, bgid: u16, provided: u16) -> io::Result<BufRing> {
         if !entries.is_power_of_two() || entries > 32768 {
             return Err(io::Error::new(
@@ -41,26 +77,13 @@ impl BufRing {
                 "buffers must be a power of two ≤ 32768",
             ));
         }
-        let ring_layout =
-            Layout::from_size_align(entries as usize * std::mem::size_of::<BufRingEntry>(), PAGE)
-                .map_err(io::Error::other)?;
-        let mem_layout = Layout::from_size_align(entries as usize * size as usize, PAGE)
-            .map_err(io::Error::other)?;
-        // SAFETY: both layouts have a non-zero size (entries ≥ 2, size ≥ 64).
-        let ring = NonNull::new(unsafe { alloc_zeroed(ring_layout) }.cast::<BufRingEntry>())
-            .ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
-        // SAFETY: as above. Zeroed, so the allocator takes fresh pages from the kernel, which commits
-        // them lazily (RSS grows only for buffers actually handed to the ring and used).
-        let Some(mem) = NonNull::new(unsafe { alloc_zeroed(mem_layout) }) else {
-            // SAFETY: `ring` was allocated above with `ring_layout`.
-            unsafe { dealloc(ring.as_ptr().cast(), ring_layout) };
-            return Err(io::ErrorKind::OutOfMemory.into());
-        };
+        let ring_map = Mapping::new(entries as usize * std::mem::size_of::<BufRingEntry>())?;
+        let mem_map = Mapping::new(entries as usize * size as usize)?;
         let mut br = BufRing {
-            ring,
-            ring_layout,
-            mem,
-            mem_layout,
+            ring: ring_map.ptr.cast::<BufRingEntry>(),
+            mem: mem_map.ptr,
+            _ring_map: ring_map,
+            _mem_map: mem_map,
             entries,
             size,
             tail: 0,
@@ -164,17 +187,6 @@ impl ringhold_core::Pool for BufRing {
 
     fn recycle(&mut self, bid: u16) {
         BufRing::recycle(self, bid)
-    }
-}
-
-impl Drop for BufRing {
-    fn drop(&mut self) {
-        // SAFETY: both were allocated in `new` with these layouts; the io_uring that used them was dropped
-        // first (field order in the shard), so the kernel no longer touches them.
-        unsafe {
-            dealloc(self.mem.as_ptr(), self.mem_layout);
-            dealloc(self.ring.as_ptr().cast(), self.ring_layout);
-        }
     }
 }
 

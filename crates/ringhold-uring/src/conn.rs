@@ -34,6 +34,10 @@ mod bit {
     pub const CLOSE_WANTED: u8 = 1 << 3;
     /// The close of the descriptor was submitted.
     pub const CLOSE_ISSUED: u8 = 1 << 4;
+    /// The close is an abort: SO_LINGER 0 first (an RST).
+    pub const ABORT: u8 = 1 << 5;
+    /// SO_LINGER 0 was submitted.
+    pub const LINGER_SET: u8 = 1 << 6;
 }
 
 impl State {
@@ -45,7 +49,8 @@ impl State {
                 Action::StopRecv(id) => self.stop_recv(io, id)?,
                 Action::Send(id) => self.start_send(io, id)?,
                 Action::ShutdownWrite(id) => self.shutdown_write(io, id)?,
-                Action::Close(id) => self.close(io, id)?,
+                Action::Close(id) => self.close(io, id, false)?,
+                Action::Abort(id) => self.close(io, id, true)?,
                 Action::Provide { from, count } => self.bufs.provide(from, count),
             }
         }
@@ -252,11 +257,14 @@ impl State {
 
     /// The machine asked for the close: cancel what may never complete, then close once nothing is in
     /// flight.
-    fn close(&mut self, io: &mut Io<'_>, id: Id) -> io::Result<()> {
+    fn close(&mut self, io: &mut Io<'_>, id: Id, abort: bool) -> io::Result<()> {
         let Some(c) = self.machine.conn_mut(id.idx, id.gen) else {
             return Ok(());
         };
         c.io |= bit::CLOSE_WANTED;
+        if abort {
+            c.io |= bit::ABORT;
+        }
         let sending = c.io & bit::SENDING != 0;
         self.stop_recv(io, id)?;
         if sending {
@@ -279,6 +287,22 @@ impl State {
         };
         if c.io & bit::CLOSE_WANTED == 0 || c.io & bit::CLOSE_ISSUED != 0 || c.inflight > 0 {
             return Ok(());
+        }
+        if c.io & (bit::ABORT | bit::LINGER_SET) == bit::ABORT && self.sockopt_supported {
+            // SO_LINGER 0 first, so the close sends an RST; the close follows when it completes.
+            c.io |= bit::LINGER_SET;
+            c.inflight += 1;
+            let ptr = (&*self.linger_zero as *const libc::linger).cast::<libc::c_void>();
+            let len = std::mem::size_of::<libc::linger>() as u32;
+            let e = with_fd!(self.direct, id.idx, |f| opcode::SetSockOpt::new(
+                f,
+                libc::SOL_SOCKET as u32,
+                libc::SO_LINGER as u32,
+                ptr,
+                len
+            )
+            .build());
+            return io.push(e.user_data(Token::new(Op::SockOpt, id.gen, id.idx).encode()));
         }
         c.io |= bit::CLOSE_ISSUED;
         c.inflight = 1; // the close itself; the slot is released when it completes

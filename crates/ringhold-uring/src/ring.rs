@@ -109,7 +109,7 @@ impl Io<'_> {
             // SAFETY: every SQE a shard builds points only at memory that outlives the operation: the
             // buffer ring's memory (owned by the shard, dropped after the ring), the machine's generated
             // slots and static bytes (stable until the connection's slot is released, which waits for
-            // every operation to complete), the boxed setsockopt values, or nothing.
+            // every operation to complete), the boxed setsockopt and SO_LINGER values, or nothing.
             if unsafe { self.sq.push(&e) }.is_ok() {
                 return Ok(());
             }

@@ -11,7 +11,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use io_uring::{cqueue, opcode, IoUring};
+use io_uring::{cqueue, IoUring};
 use ringhold_core::http::format_date;
 use ringhold_core::{EngineConfig, Flush, Machine, ShardSpec, Shared};
 use tracing::{debug, info, warn};
@@ -44,9 +44,14 @@ pub(crate) struct State {
     start: Instant,
     /// setsockopt values; their addresses are handed to the kernel, so they live in a Box.
     pub(crate) sockopt_vals: Box<[libc::c_int; 4]>,
+    /// SO_LINGER {on, 0} for aborted closes; its address is handed to the kernel.
+    pub(crate) linger_zero: Box<libc::linger>,
     pub(crate) sockopt_supported: bool,
     pub(crate) accept_armed: bool,
     pub(crate) accept_resume_at: Option<Instant>,
+    /// `--max-conn-rate`: when an armed accept that holds a reserved token and got no connection is
+    /// cancelled, so that the token can go to a shard whose listener has connections waiting.
+    pub(crate) accept_release_at: Option<Instant>,
     pub(crate) refused_in_flight: u32,
     last_flush: Instant,
     /// Min-wait batching of completions, where the kernel has it.
@@ -105,6 +110,10 @@ impl Shard {
             id,
             listener,
             machine,
+            linger_zero: Box::new(libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            }),
             sockopt_vals: Box::new([
                 1,
                 ka.idle.as_secs() as libc::c_int,
@@ -120,6 +129,7 @@ impl Shard {
             sockopt_supported: true,
             accept_armed: false,
             accept_resume_at: None,
+            accept_release_at: None,
             refused_in_flight: 0,
             last_flush: now,
             batch,
@@ -135,7 +145,7 @@ impl Shard {
             sub,
             submits: 0,
         };
-        st.arm_accept(&mut io)?;
+        st.rearm_accept_rate_limited(&mut io)?;
         let mut batch: Vec<cqueue::Entry> = Vec::with_capacity(ring::CQ_ENTRIES as usize);
         let mut overflow_seen = 0;
         loop {
@@ -183,7 +193,7 @@ impl State {
         if let Some(at) = self.machine.next_deadline() {
             d = d.min(Duration::from_millis(at.saturating_sub(now_ms)));
         }
-        if let Some(at) = self.accept_resume_at {
+        if let Some(at) = self.accept_resume_at.or(self.accept_release_at) {
             d = d.min(at.saturating_duration_since(Instant::now()));
         }
         d.max(Duration::from_millis(1))
@@ -225,6 +235,10 @@ impl State {
             self.accept_resume_at = None;
             self.rearm_accept_rate_limited(io)?;
         }
+        if self.accept_release_at.is_some_and(|at| at <= now) {
+            self.accept_release_at = None;
+            self.cancel_accept(io)?;
+        }
         if !self.machine.draining() && self.shared.shutting_down() {
             self.begin_drain(io)?;
         }
@@ -240,11 +254,8 @@ impl State {
             self.machine.live()
         );
         self.accept_resume_at = None;
-        if self.accept_armed {
-            let target = Token::new(Op::Accept, 0, 0).encode();
-            let e = opcode::AsyncCancel::new(target).build();
-            io.push(e.user_data(Token::new(Op::CancelAccept, 0, 0).encode()))?;
-        }
+        self.accept_release_at = None;
+        self.cancel_accept(io)?;
         let now_ms = self.now_ms();
         self.machine.shutdown(now_ms);
         Ok(())

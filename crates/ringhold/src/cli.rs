@@ -29,7 +29,7 @@ pub enum Command {
     /// Run the echo server.
     Serve(Box<ServeArgs>),
     /// Open and hold many connections against a server, verifying every echoed byte.
-    Load(ringhold_load::LoadArgs),
+    Load(Box<ringhold_load::LoadArgs>),
     /// Check the kernel and process limits that stop N connections, and print the fixes.
     Doctor(crate::doctor::DoctorArgs),
 }
@@ -56,12 +56,7 @@ impl Engine {
 pub struct MetricsListen(pub Option<SocketAddr>);
 
 fn parse_metrics_listen(s: &str) -> Result<MetricsListen, String> {
-    if s.eq_ignore_ascii_case("off") {
-        return Ok(MetricsListen(None));
-    }
-    s.parse()
-        .map(|a| MetricsListen(Some(a)))
-        .map_err(|_| format!("'{s}' is not an ip:port or off"))
+    ringhold_metrics::parse_listen(s).map(MetricsListen)
 }
 
 fn parse_buffer_size(s: &str) -> Result<u32, String> {

@@ -17,7 +17,7 @@ fn main() -> ExitCode {
     init_logging();
     match cli.command {
         cli::Command::Serve(args) => serve::run(*args),
-        cli::Command::Load(args) => ringhold_load::run(args),
+        cli::Command::Load(args) => ringhold_load::run(*args),
         cli::Command::Doctor(args) => doctor::run(args),
     }
 }

@@ -20,6 +20,9 @@ pub(super) struct Ticks {
     pub(super) probe: u32,
 }
 
+/// Lingering ends at the latest this many linger times after the write side was shut down.
+pub(super) const LINGER_TOTAL: u32 = 10;
+
 /// A deadline that is not one: the wheel parks the entry at its far end and looks again then.
 pub(super) const PARK: u32 = u32::MAX;
 
@@ -156,7 +159,13 @@ pub(super) fn deadline(c: &Conn, now: u32, t: Ticks) -> Option<u32> {
         return None;
     }
     if c.has(flag::LINGER) {
-        return Some(c.stamp.wrapping_add(t.linger));
+        // Quiet for the linger time, or lingering LINGER_TOTAL times that long in all (a peer that
+        // trickles bytes does not keep a closing connection forever; nginx lingering_time).
+        let quiet = c.stamp.wrapping_add(t.linger);
+        let total = c
+            .linger_start
+            .wrapping_add(t.linger.saturating_mul(LINGER_TOTAL));
+        return Some(quiet.min(total));
     }
     if c.output_pending() {
         return Some(if t.send > 0 {

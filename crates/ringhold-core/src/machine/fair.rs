@@ -52,10 +52,14 @@ impl Machine {
         (1 + spare / (self.holders + 1)).min(self.lim.max_queued as u32) as u16
     }
 
-    /// Whether receives should take one buffer at a time (a rate limit is set, or buffers are short):
-    /// then a decision to stop reading takes effect at once.
+    /// Whether receives should take one buffer at a time (a rate limit is set, buffers are short, or
+    /// the shard holds more than an eighth as many connections as it may have buffers, so that a
+    /// burst of multishot receives could take the reserve before the allowance bites): then a decision to stop reading takes
+    /// effect at once.
     pub fn single_reads(&self) -> bool {
-        self.lim.rate_limited() || self.allowance() < self.lim.max_queued
+        self.lim.rate_limited()
+            || self.allowance() < self.lim.max_queued
+            || self.slots.live() as u32 * 8 > self.lim.buffers as u32
     }
 
     /// Sets or clears backpressure after a connection's holding (or the pool) changed.

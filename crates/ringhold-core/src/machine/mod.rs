@@ -79,6 +79,10 @@ pub enum Action {
     ShutdownWrite(Id),
     /// Close the descriptor once nothing is in flight for it, then call [`Machine::released`].
     Close(Id),
+    /// Like `Close`, but with an RST (SO_LINGER 0): bytes we owe the peer cannot be delivered (a send
+    /// timeout, the drain deadline, an error), so the kernel frees them at once instead of keeping
+    /// an orphaned socket that waits on a peer that does not read.
+    Abort(Id),
     /// Add buffers `from .. from + count` to the pool (the machine counts them from now on). The
     /// memory of every buffer up to `--buffers` is reserved at start-up but committed only when used.
     Provide { from: u16, count: u16 },
@@ -500,6 +504,9 @@ impl Machine {
         self.note_holding(before, after);
         self.check_allowance(idx, gen);
         self.sync(idx, gen);
+        // The queue may have drained: the idle (or probe) clock may end before the stall clock the
+        // wheel entry is for.
+        self.reschedule_if_earlier(idx, gen);
     }
 
     /// The engine closed `id`'s descriptor and nothing is in flight for it: free the slot and
@@ -601,6 +608,7 @@ impl Machine {
             if c.has(flag::FLUSH_CLOSE) && !c.has(flag::LINGER) {
                 c.set(flag::LINGER);
                 c.stamp = now;
+                c.linger_start = now;
                 self.counters.lingering_closes += 1;
                 self.actions.push_back(Action::ShutdownWrite(id));
                 self.reschedule_if_earlier(idx, gen);
@@ -689,8 +697,14 @@ impl Machine {
         if c.has(flag::CLOSED) {
             return;
         }
+        let abort = c.output_pending();
         c.set(flag::CLOSED);
         c.clear(flag::READING | flag::SENDING);
-        self.actions.push_back(Action::Close(Id { idx, gen }));
+        let id = Id { idx, gen };
+        self.actions.push_back(if abort {
+            Action::Abort(id)
+        } else {
+            Action::Close(id)
+        });
     }
 }

@@ -75,6 +75,48 @@ struct Node {
     next: u32,
 }
 
+/// The node table, in fixed chunks that never move once allocated: an io_uring send may point into an
+/// inline segment's bytes while the table grows (a `Vec<Node>` would reallocate and leave the kernel
+/// reading freed memory).
+#[derive(Debug, Default)]
+struct Nodes {
+    chunks: Vec<Box<[Node; NODE_CHUNK]>>,
+    len: u32,
+}
+
+const NODE_CHUNK: usize = 256;
+
+impl Nodes {
+    fn push(&mut self, n: Node) -> u32 {
+        let i = self.len;
+        let (c, k) = (i as usize / NODE_CHUNK, i as usize % NODE_CHUNK);
+        if c == self.chunks.len() {
+            self.chunks.push(Box::new(
+                [Node {
+                    seg: Seg::Static(&[]),
+                    next: NIL,
+                }; NODE_CHUNK],
+            ));
+        }
+        self.chunks[c][k] = n;
+        self.len += 1;
+        i
+    }
+}
+
+impl std::ops::Index<u32> for Nodes {
+    type Output = Node;
+    fn index(&self, i: u32) -> &Node {
+        &self.chunks[i as usize / NODE_CHUNK][i as usize % NODE_CHUNK]
+    }
+}
+
+impl std::ops::IndexMut<u32> for Nodes {
+    fn index_mut(&mut self, i: u32) -> &mut Node {
+        &mut self.chunks[i as usize / NODE_CHUNK][i as usize % NODE_CHUNK]
+    }
+}
+
 /// One connection's queue: 8 bytes inside `Conn`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Queue {
@@ -110,7 +152,7 @@ pub struct Released {
 /// generated slots.
 #[derive(Debug)]
 pub struct Out {
-    nodes: Vec<Node>,
+    nodes: Nodes,
     free_node: u32,
     refs: Box<[u16]>,
     buffers_held: u32,
@@ -127,7 +169,7 @@ impl Out {
     /// A table for a pool of `buffers` receive buffers.
     pub fn new(buffers: usize) -> Out {
         Out {
-            nodes: Vec::new(),
+            nodes: Nodes::default(),
             free_node: NIL,
             refs: vec![0; buffers].into_boxed_slice(),
             buffers_held: 0,
@@ -187,12 +229,11 @@ impl Out {
         let n = Node { seg, next: NIL };
         if self.free_node != NIL {
             let i = self.free_node;
-            self.free_node = self.nodes[i as usize].next;
-            self.nodes[i as usize] = n;
+            self.free_node = self.nodes[i].next;
+            self.nodes[i] = n;
             i
         } else {
-            self.nodes.push(n);
-            (self.nodes.len() - 1) as u32
+            self.nodes.push(n)
         }
     }
 
@@ -200,7 +241,7 @@ impl Out {
         if q.tail == NIL {
             q.head = i;
         } else {
-            self.nodes[q.tail as usize].next = i;
+            self.nodes[q.tail].next = i;
         }
         q.tail = i;
     }
@@ -212,7 +253,7 @@ impl Out {
         }
         // Contiguous with the tail? Extend it instead (a buffer echoed in pieces, say).
         if q.tail != NIL {
-            let tail = &mut self.nodes[q.tail as usize].seg;
+            let tail = &mut self.nodes[q.tail].seg;
             if let (
                 Seg::Buf { bid, off, len },
                 Seg::Buf {
@@ -255,7 +296,7 @@ impl Out {
                 let k = room.min(rest.len());
                 self.slots[slot as usize][at..at + k].copy_from_slice(&rest[..k]);
                 self.slot_fill[slot as usize] += k as u32;
-                if let Seg::Gen { len, .. } = &mut self.nodes[q.tail as usize].seg {
+                if let Seg::Gen { len, .. } = &mut self.nodes[q.tail].seg {
                     *len += k as u32;
                 }
                 rest = &rest[k..];
@@ -282,7 +323,7 @@ impl Out {
         if q.tail == NIL {
             return None;
         }
-        match self.nodes[q.tail as usize].seg {
+        match self.nodes[q.tail].seg {
             Seg::Gen { slot, off, len } if self.slot_fill[slot as usize] == off + len => {
                 let at = (off + len) as usize;
                 (at < GEN_SLOT).then_some((slot, at, GEN_SLOT - at))
@@ -310,7 +351,7 @@ impl Out {
         if q.head == NIL {
             return None;
         }
-        let n = &self.nodes[q.head as usize];
+        let n = &self.nodes[q.head];
         Some(match &n.seg {
             Seg::Buf { bid, off, len } => Front::Buf {
                 bid: *bid,
@@ -329,7 +370,7 @@ impl Out {
     /// released; at most one thing, since `n` never spans segments.
     pub fn consume(&mut self, q: &mut Queue, n: usize) -> Released {
         debug_assert!(q.head != NIL);
-        let node = &mut self.nodes[q.head as usize];
+        let node = &mut self.nodes[q.head];
         debug_assert!(n <= node.seg.len());
         if n < node.seg.len() {
             node.seg.advance(n);
@@ -342,12 +383,12 @@ impl Out {
     pub fn pop(&mut self, q: &mut Queue) -> Released {
         let i = q.head;
         debug_assert!(i != NIL);
-        let Node { seg, next } = self.nodes[i as usize];
+        let Node { seg, next } = self.nodes[i];
         q.head = next;
         if next == NIL {
             q.tail = NIL;
         }
-        self.nodes[i as usize].next = self.free_node;
+        self.nodes[i].next = self.free_node;
         self.free_node = i;
         let mut r = Released::default();
         match seg {
@@ -375,8 +416,8 @@ impl Out {
         let mut n = 0;
         let mut i = q.head;
         while i != NIL {
-            n += self.nodes[i as usize].seg.len();
-            i = self.nodes[i as usize].next;
+            n += self.nodes[i].seg.len();
+            i = self.nodes[i].next;
         }
         n
     }

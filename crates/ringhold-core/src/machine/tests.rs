@@ -279,7 +279,7 @@ impl Sim {
                 }
             }
             Action::Provide { .. } => unreachable!(),
-            Action::Close(_) => {
+            Action::Close(_) | Action::Abort(_) => {
                 // Cancels whatever is in flight.
                 p.closed = Some(now);
                 p.reading = false;
@@ -603,7 +603,8 @@ fn act_id(a: Action) -> Option<Id> {
         | Action::StopRecv(id)
         | Action::Send(id)
         | Action::ShutdownWrite(id)
-        | Action::Close(id) => Some(id),
+        | Action::Close(id)
+        | Action::Abort(id) => Some(id),
         Action::Provide { .. } => None,
     }
 }

@@ -185,7 +185,16 @@ pub fn build(s: Setup) -> Result<Worker, String> {
     let plan = s.plan;
     let quota = plan.quota(s.id);
     let ring = new_ring().map_err(|e| {
-        format!("io_uring setup failed: {e} (is io_uring disabled? see kernel.io_uring_disabled)")
+        if e.raw_os_error() == Some(libc::ENOMEM) {
+            format!(
+                "io_uring setup failed: {e}: without CAP_IPC_LOCK each ring is charged to the locked-memory \
+                 limit (about 200 KiB per worker, {} workers): raise it (`ulimit -l`, LimitMEMLOCK=infinity, \
+                 docker/podman --ulimit memlock=-1:-1) or use fewer --workers",
+                plan.workers
+            )
+        } else {
+            format!("io_uring setup failed: {e} (is io_uring disabled? see kernel.io_uring_disabled)")
+        }
     })?;
     ring.submitter().register_files_sparse(quota.max(1)).map_err(|e| {
         format!(
@@ -215,8 +224,13 @@ pub fn build(s: Setup) -> Result<Worker, String> {
         .min(by_mem);
     let count = u16::try_from(count).unwrap_or(4096);
     let bufs = BufRing::new(count, buf_size, 0).map_err(|e| format!("buffer ring: {e}"))?;
-    bufs.register(&ring)
-        .map_err(|e| format!("registering the buffer ring: {e} (needs Linux 5.19+)"))?;
+    bufs.register(&ring).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ENOMEM) {
+            format!("registering the buffer ring: {e}: raise the locked-memory limit (`ulimit -l`)")
+        } else {
+            format!("registering the buffer ring: {e} (needs Linux 5.19+)")
+        }
+    })?;
     let period_us = plan.period.map_or(0, |p| p.as_micros().max(1) as u64);
     let per_worker_rate = plan.connect_rate / f64::from(plan.workers);
     let websocket = plan.protocol == crate::plan::LoadProtocol::Websocket;

@@ -1,0 +1,3 @@
+module ringhold.test/goget
+
+go 1.19
