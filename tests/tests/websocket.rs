@@ -684,7 +684,7 @@ fn metrics_bytes_match_the_wire(engine: Engine) {
     // messages each way, one ping in and one pong out, one close each way (code 1000).
     let n = 20.0;
     type Expected<'a> = (&'a str, &'a [(&'a str, &'a str)], f64);
-    let counters: [Expected; 13] = [
+    let counters: [Expected<'_>; 13] = [
         ("ringhold_ws_upgrades_total", &[], n),
         ("ringhold_ws_frames_total", &[("direction", "in")], 12.0 * n),
         (
