@@ -617,7 +617,8 @@ fn raw_close_handshake(engine: Engine) {
 /// The server's byte counters equal what crossed the wire, exactly: 20 connections, each with its
 /// handshake, messages of 0 B to 70 000 B (all three length encodings), a fragmented message, a ping
 /// and a close handshake; `ringhold_bytes_received_total` must equal every byte the clients wrote and
-/// `ringhold_bytes_sent_total` every byte they read.
+/// `ringhold_bytes_sent_total` every byte they read, and the WebSocket counters (upgrades, frames,
+/// messages, pings, pongs, closes) what the clients sent and got.
 fn metrics_bytes_match_the_wire(engine: Engine) {
     let server = Server::start(engine, &["--protocol", "websocket"]);
     let (mut written, mut read) = (0usize, 0usize);
@@ -678,6 +679,39 @@ fn metrics_bytes_match_the_wire(engine: Engine) {
         &format!("{read} (every byte the clients read)"),
         |v| v == r,
     );
+    // Per connection: 12 frames each way (8 messages, 2 fragments, a ping/pong, a close), 9
+    // messages each way, one ping in and one pong out, one close each way (code 1000).
+    let n = 20.0;
+    let counters: [(&str, &[(&str, &str)], f64); 13] = [
+        ("ringhold_ws_upgrades_total", &[], n),
+        ("ringhold_ws_frames_total", &[("direction", "in")], 12.0 * n),
+        (
+            "ringhold_ws_frames_total",
+            &[("direction", "out")],
+            12.0 * n,
+        ),
+        (
+            "ringhold_ws_messages_total",
+            &[("direction", "in")],
+            9.0 * n,
+        ),
+        (
+            "ringhold_ws_messages_total",
+            &[("direction", "out")],
+            9.0 * n,
+        ),
+        ("ringhold_ws_pings_total", &[("direction", "in")], n),
+        ("ringhold_ws_pings_total", &[("direction", "out")], 0.0),
+        ("ringhold_ws_pongs_total", &[("direction", "out")], n),
+        ("ringhold_ws_pongs_total", &[("direction", "in")], 0.0),
+        ("ringhold_ws_closes_received_total", &[], n),
+        ("ringhold_ws_closes_sent_total", &[("code", "1000")], n),
+        ("ringhold_ws_closes_sent_total", &[], n),
+        ("ringhold_ws_rejected_total", &[], 0.0),
+    ];
+    for (name, labels, want) in counters {
+        server.expect_metric(name, labels, &format!("{want}"), |v| v == want);
+    }
 }
 
 /// 5 × 1000 raw connections at once, each upgrading, echoing one message, then closing with 1000:
