@@ -346,10 +346,20 @@ fn two_loads_sum_exactly_in_prometheus(engine: Engine) {
             .map(|i| src.get(&Ipv4Addr::new(127, 0, 0, i)).copied().unwrap_or(0))
             .sum()
     };
+    // At least each part's own connections from its own block, and nothing from anywhere else. (Not
+    // exactly: on a loaded machine a connect that timed out and was retried can leave its first
+    // handshake ESTABLISHED in the server's backlog for a moment, from the same block.)
+    let (p0, p1) = (from(2, 3), from(4, 5));
+    assert!(
+        p0 >= 151 && p1 >= 150 && p0 + p1 <= 301 + 4,
+        "server-side sources (want 151 from 127.0.0.2-3, 150 from 127.0.0.4-5): {src:?}"
+    );
     assert_eq!(
-        (from(2, 3), from(4, 5)),
-        (151, 150),
-        "server-side sources: {src:?}"
+        src.keys()
+            .filter(|a| !(2..=5).contains(&a.octets()[3]) || a.octets()[..3] != [127, 0, 0])
+            .count(),
+        0,
+        "server-side sources outside the two parts' blocks: {src:?}"
     );
     assert_eq!(src.values().sum::<u64>(), 301, "{src:?}");
 

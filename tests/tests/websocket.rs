@@ -683,6 +683,7 @@ fn metrics_bytes_match_the_wire(engine: Engine) {
     // Per connection: 12 frames each way (8 messages, 2 fragments, a ping/pong, a close), 9
     // messages each way, one ping in and one pong out, one close each way (code 1000).
     let n = 20.0;
+    /// A counter's name, labels and expected value.
     type Expected<'a> = (&'a str, &'a [(&'a str, &'a str)], f64);
     let counters: [Expected<'_>; 13] = [
         ("ringhold_ws_upgrades_total", &[], n),

@@ -20,7 +20,8 @@ const NAME: &str = "peer-hyper";
 
 /// The body: 1024 bytes of the same line ringhold repeats.
 fn body() -> Bytes {
-    let line = "ringhold holds a million mostly idle connections with the least memory per socket.\n";
+    let line =
+        "ringhold holds a million mostly idle connections with the least memory per socket.\n";
     Bytes::from(line.repeat(1024 / line.len() + 1)[..1024].to_string())
 }
 
