@@ -61,7 +61,7 @@ const NAMES: [&str; 34] = [
     "ringhold_metrics_scrapes_total",
 ];
 
-const CLOSE_REASONS: [&str; 8] = [
+const CLOSE_REASONS: [&str; 9] = [
     "peer_closed",
     "reset",
     "idle_timeout",
@@ -70,6 +70,7 @@ const CLOSE_REASONS: [&str; 8] = [
     "limit",
     "send_timeout",
     "protocol_error",
+    "buffer_pressure",
 ];
 const REJECT_REASONS: [&str; 4] = [
     "max_connections",

@@ -16,7 +16,9 @@
 //! - Backpressure and buffer fairness: a connection stops reading when it holds its allowance of
 //!   buffers; the allowance shrinks as the shard's pool empties, and once only the reserve is left, a
 //!   connection that holds any buffer stops reading, so that a connection holding none can always be
-//!   served. A receive that finds no buffer waits in a FIFO until one is free; never spins.
+//!   served. A receive that finds no buffer waits in a FIFO until one is free; never spins. If every
+//!   buffer of a full-grown pool is held and receives wait, the peers that have read nothing for
+//!   longest (at least a second) are closed and their buffers go to the waiters.
 //! - Rate limits (`--rate-limit`, `--message-rate`, checked every `--check-every` reads): pause reading
 //!   for the time the bucket's debt takes to pay back.
 //! - Three clocks on one per-shard wheel, never a timer per connection: idle (the peer sent nothing while
@@ -159,6 +161,8 @@ pub struct Machine {
     promised: u32,
     /// The drain deadline passed and every connection was told to close.
     drain_forced: bool,
+    /// Shard time before which buffer pressure is not looked at again.
+    next_relief_ms: u64,
     slots: Slots,
     limiters: Vec<Limiter>,
     out: Out,
@@ -205,6 +209,7 @@ impl Machine {
                 } else {
                     0
                 },
+                pressure: ticks(Some(Duration::from_millis(fair::PRESSURE_STALL_MS))),
             },
             wheel,
             shared,
@@ -215,6 +220,7 @@ impl Machine {
             waiting: 0,
             promised: 0,
             drain_forced: false,
+            next_relief_ms: 0,
             lim,
             slots: Slots::new(),
             limiters: Vec::new(),
@@ -463,6 +469,7 @@ impl Machine {
             self.waiters.push_back(Id { idx, gen });
         }
         self.sync(idx, gen);
+        self.relieve_pressure();
     }
 
     /// An operation of `id` failed with `errno` (positive): close at once.
@@ -553,6 +560,7 @@ impl Machine {
             }
         }
         self.wake_waiters();
+        self.relieve_pressure();
         if let Some(deadline) = self.drain_deadline {
             if now_ms >= deadline && !self.drain_forced {
                 self.drain_forced = true;

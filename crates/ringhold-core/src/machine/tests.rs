@@ -1285,8 +1285,11 @@ fn no_buffer_twice_waits_once() {
 
 #[test]
 fn a_connection_waiting_for_a_buffer_is_never_idle() {
+    // Idle timeout 300 ms: the waiter waits more than three of them before buffer pressure (1 s)
+    // frees a buffer for it.
     let mut s = Sim::new(EngineConfig {
         max_queued_buffers: 8,
+        idle_timeout: Some(ms(300)),
         send_timeout: None,
         ..cfg()
     });
@@ -1294,11 +1297,11 @@ fn a_connection_waiting_for_a_buffer_is_never_idle() {
     let w = s.open();
     s.write(w, 10);
     s.deliver(w);
-    s.advance(20_000);
+    s.advance(950);
     assert!(!s.closed(w), "waiting is our doing, not idleness");
     assert!(
         hogs.iter().all(|&h| !s.closed(h)),
-        "stalled with send timeout off"
+        "stalled under a second, with send timeout off"
     );
     s.allow(hogs[0], 16);
     s.advance(0);
@@ -1306,14 +1309,133 @@ fn a_connection_waiting_for_a_buffer_is_never_idle() {
     // Woken: the idle clock starts again.
     let t = s.now;
     s.deliver_all(w);
-    s.advance(3190);
+    s.advance(290);
     assert!(!s.closed(w));
     s.advance(10);
     assert_eq!(
         s.eof_at(w).map(|c| c - t),
-        Some(3200),
-        "idle close 3.2 s after the wake"
+        Some(300),
+        "idle close 300 ms after the wake"
     );
+}
+
+// ====================================================================== buffer pressure
+
+#[test]
+fn buffer_pressure_closes_the_longest_stalled_peer_for_a_waiter() {
+    let mut s = Sim::new(EngineConfig {
+        max_queued_buffers: 8,
+        send_timeout: None,
+        idle_timeout: None,
+        ..cfg()
+    });
+    let hogs = exhaust(&mut s);
+    // The later hogs made progress since: hogs[0] has stalled longest.
+    s.advance(500);
+    for &h in &hogs[1..] {
+        s.allow(h, 1);
+    }
+    let w = s.open();
+    s.write(w, 10);
+    s.deliver(w);
+    assert_eq!(s.m.counters().waiting_for_buffer, 1);
+    // Under a second of stall nobody is closed, and the machine does not spin meanwhile.
+    let n = s.log.len();
+    while s.now < 990 {
+        let d =
+            s.m.next_deadline()
+                .expect("a deadline while a receive waits");
+        assert!(d > s.now, "asked to tick now with nothing to do");
+        s.advance_to(d.min(990));
+    }
+    assert_eq!(s.log.len(), n, "no actions before a second of stall");
+    s.advance(20);
+    assert_eq!(s.closes(CloseReason::BufferPressure), 1);
+    assert!(s.closed(hogs[0]), "the one stalled longest goes");
+    assert!(hogs[1..].iter().all(|&h| !s.closed(h)));
+    assert_eq!(
+        s.actions(hogs[0]).last(),
+        Some(&Action::Abort(s.id(hogs[0]))),
+        "what it was owed cannot be delivered: RST"
+    );
+    // Its buffers went to the waiter, which is served.
+    s.advance(0);
+    assert!(s.reading(w));
+    assert_eq!(s.m.counters().waiting_for_buffer, 0);
+    s.deliver_all(w);
+    assert!(s.echoed_all(w));
+}
+
+#[test]
+fn buffer_pressure_closes_one_stalled_peer_per_waiter_and_none_without_waiters() {
+    let mut s = Sim::new(EngineConfig {
+        max_queued_buffers: 8,
+        send_timeout: None,
+        idle_timeout: None,
+        ..cfg()
+    });
+    let hogs = exhaust(&mut s);
+    // Stalled for long, but nobody waits: nobody is closed.
+    s.advance(5_000);
+    assert_eq!(s.closes(CloseReason::BufferPressure), 0);
+    let ws: Vec<usize> = (0..3).map(|_| s.open()).collect();
+    for &w in &ws {
+        s.write(w, 10);
+        s.deliver(w);
+    }
+    s.advance(200);
+    let closed = hogs.iter().filter(|&&h| s.closed(h)).count();
+    // Each hog holds 4 buffers: closing one frees enough for all three waiters, but the machine
+    // closes one per waiter that no free buffer serves at the time of its scan.
+    assert!(
+        (1..=3).contains(&closed),
+        "{closed} hogs closed for 3 waiters"
+    );
+    assert_eq!(s.closes(CloseReason::BufferPressure), closed as u64);
+    for &w in &ws {
+        assert!(s.reading(w));
+        s.deliver_all(w);
+        assert!(s.echoed_all(w));
+    }
+    let before = s.closes(CloseReason::BufferPressure);
+    s.advance(5_000);
+    assert_eq!(
+        s.closes(CloseReason::BufferPressure),
+        before,
+        "no waiters, no closes"
+    );
+}
+
+#[test]
+fn a_healthy_peer_holding_buffers_is_not_closed_for_pressure() {
+    // A peer whose echo is moving (it reads, slowly) holds buffers but is never the one closed.
+    let mut s = Sim::new(EngineConfig {
+        max_queued_buffers: 8,
+        send_timeout: None,
+        idle_timeout: None,
+        ..cfg()
+    });
+    let hogs = exhaust(&mut s);
+    let w = s.open();
+    s.write(w, 10);
+    s.deliver(w);
+    // 1 byte each every 100 ms for 1.5 s: under a buffer (16 B) each, so the pool stays full.
+    for _ in 0..15 {
+        for &h in &hogs {
+            s.allow(h, 1);
+        }
+        s.advance(100);
+    }
+    assert_eq!(
+        s.m.counters().waiting_for_buffer,
+        1,
+        "the pressure lasted the whole time"
+    );
+    assert_eq!(s.closes(CloseReason::BufferPressure), 0);
+    // Once the hogs stop reading, a second later one of them goes.
+    s.advance(1_100);
+    assert_eq!(s.closes(CloseReason::BufferPressure), 1);
+    assert!(s.reading(w));
 }
 
 #[test]
