@@ -57,7 +57,8 @@ pub enum Closing {
 /// Per-shard context a protocol may read while handling input (never per connection).
 #[derive(Clone, Copy, Debug)]
 pub struct Ctx<'a> {
-    /// Current `Date` header value, IMF-fixdate, refreshed by the shard about once a second.
+    /// Current `Date` header value, IMF-fixdate: the wall-clock second of the engine's loop turn that
+    /// handed the input in ([`crate::Machine::set_wall_clock`]).
     pub date: &'a [u8; 29],
 }
 

@@ -28,7 +28,7 @@ mod stats;
 mod tests;
 
 pub use head::{DEFAULT_LENGTH, MAX_HEADERS};
-pub use response::{format_date, BODY_TEXT, BODY_TEXT_LEN};
+pub use response::{format_date, format_unix_secs, BODY_TEXT, BODY_TEXT_LEN};
 pub use stats::{HttpError, HttpStats, Method, STATUS_CLASS_LABELS};
 
 use crate::protocol::{Closing, Ctx, Sink, Step};
