@@ -827,6 +827,83 @@ fn chunked_body_echoed_chunked(engine: Engine) {
     assert_eq!((r.status, r.body.len()), (200, 9));
 }
 
+/// Chunked uploads with broken framing. A malformed first chunk-size line (whole, or written a byte
+/// at a time) gets 400 with `Connection: close` and no 200 before it, then EOF, not RST. Framing that
+/// breaks after the 200 and some echoed chunks went out: the echo stops before the bad size line and
+/// never has a last chunk (a chunked reader hits EOF inside the body), then EOF, not RST.
+fn chunked_malformed_framing(engine: Engine) {
+    let server = start(engine, &[]);
+    let head = b"POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let cases: [(&str, &[u8], bool); 4] = [
+        ("garbage size", b"zz\r\n", false),
+        ("garbage size, a byte per write", b"zz\r\n", true),
+        ("bare LF, a byte per write", b"4\nabcd", true),
+        (
+            "control byte in an extension, a byte per write",
+            b"3;ext\x01\r\n",
+            true,
+        ),
+    ];
+    for (what, line, bytewise) in cases {
+        let mut c = Raw::connect(&server);
+        c.send(head);
+        if bytewise {
+            for b in line {
+                c.send(std::slice::from_ref(b));
+            }
+        } else {
+            c.send(line);
+        }
+        let r = c
+            .response(false)
+            .unwrap_or_else(|e| panic!("{what}: no answer: {e}"));
+        assert_eq!(r.status, 400, "{what}: {r:?}");
+        assert!(r.closes(), "{what}: {r:?}");
+        assert_eq!(c.end(), End::Eof, "{what}: a clean close (FIN), not RST");
+        let _ = c.stream().shutdown(Shutdown::Write);
+    }
+
+    let mut c = Raw::connect(&server);
+    c.send(head);
+    c.send(b"5;x=y\r\nhello\r\n");
+    let h = c.read_head().expect("the 200 head");
+    assert!(h.starts_with(b"HTTP/1.1 200 OK\r\n"), "{:?}", text(&h));
+    assert!(
+        text(&h).contains("Transfer-Encoding: chunked\r\n"),
+        "{:?}",
+        text(&h)
+    );
+    let mut first = [0u8; 14];
+    c.r.read_exact(&mut first).expect("the first chunk echoed");
+    assert_eq!(&first, b"5;x=y\r\nhello\r\n");
+    // Another good chunk, then a bad size line: the good one comes back, nothing after it.
+    c.send(b"3\r\nabc\r\n1x\r\n0\r\n\r\n");
+    let mut rest = Vec::new();
+    let end = c.r.read_to_end(&mut rest);
+    assert!(
+        end.is_ok(),
+        "the connection ends with a FIN, not an RST: {end:?}"
+    );
+    assert_eq!(
+        text(&rest),
+        "3\r\nabc\r\n",
+        "the echo after the first chunk"
+    );
+    let _ = c.stream().shutdown(Shutdown::Write);
+    server.expect_metric(
+        "ringhold_closes_total",
+        &[("reason", "protocol_error")],
+        "one protocol_error close per broken upload",
+        |v| v == 5.0,
+    );
+    server.expect_metric(
+        "ringhold_closes_total",
+        &[("reason", "reset")],
+        "no reset",
+        |v| v == 0.0,
+    );
+}
+
 /// A request written one byte per write parses as if it came whole (twice on one connection).
 fn request_split_at_every_byte(engine: Engine) {
     let server = start(engine, &[]);
@@ -951,6 +1028,16 @@ fn error_statuses_then_clean_close(engine: Engine) {
             501,
             "unknown method",
             b"BREW /pot HTTP/1.1\r\nHost: h\r\n\r\n".to_vec(),
+        ),
+        (
+            400,
+            "malformed first chunk-size line",
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec(),
+        ),
+        (
+            413,
+            "first chunk over --max-body-size",
+            b"PUT / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2000\r\n".to_vec(),
         ),
     ];
     let trailing = Pattern::bytes(9, 64 * 1024);
@@ -1212,6 +1299,7 @@ both_engines!(
     go_net_http_1000_goroutines,
     pipelining_in_order,
     chunked_body_echoed_chunked,
+    chunked_malformed_framing,
     request_split_at_every_byte,
     expect_100_continue,
     http10_and_connection_close,
