@@ -46,6 +46,7 @@ use std::time::Duration;
 
 use crate::bucket::{Bucket, BucketSpec};
 use crate::conn::{flag, Conn};
+use crate::http::format_unix_secs;
 use crate::protocol::{Closing, Ctx, ProtoConfig, Protocol, Step};
 use crate::slab::Slots;
 use crate::wheel::TimerWheel;
@@ -178,6 +179,8 @@ pub struct Machine {
     said: Vec<Said>,
     generated: Vec<u8>,
     date: [u8; 29],
+    /// The wall-clock second `date` shows (`u64::MAX`: set by [`Machine::set_date`], or never).
+    date_secs: u64,
     now_ms: u64,
     drain_deadline: Option<u64>,
     pub counters: ShardCounters,
@@ -232,6 +235,7 @@ impl Machine {
             said: Vec::new(),
             generated: Vec::new(),
             date: *b"Thu, 01 Jan 1970 00:00:00 GMT",
+            date_secs: u64::MAX,
             now_ms: 0,
             drain_deadline: None,
         }
@@ -310,9 +314,22 @@ impl Machine {
         &self.counters
     }
 
-    /// The `Date` header value protocols use (the engine sets it about once a second).
+    /// Sets the `Date` header value protocols use, as is (tests; engines use
+    /// [`Machine::set_wall_clock`]).
     pub fn set_date(&mut self, date: [u8; 29]) {
         self.date = date;
+        self.date_secs = u64::MAX;
+    }
+
+    /// The wall clock, in whole seconds since the Unix epoch. Engines pass it once per loop turn,
+    /// before handing in what the turn brought, so that every response carries the second it was
+    /// made in (less than a turn behind). The `Date` value is formatted again only when the second
+    /// changed: per turn this is one comparison.
+    pub fn set_wall_clock(&mut self, unix_secs: u64) {
+        if unix_secs != self.date_secs {
+            self.date_secs = unix_secs;
+            self.date = format_unix_secs(unix_secs);
+        }
     }
 
     // ------------------------------------------------------------------ events
