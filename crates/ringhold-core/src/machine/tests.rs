@@ -2560,17 +2560,61 @@ fn out_static_bytes_are_sent_in_pieces_and_release_nothing() {
     assert_eq!(out.front(&q), None);
 }
 
+/// A WebSocket text frame longer than a receive buffer: its 4 KiB chunks are held across reads, so
+/// their echo is copied into generated slots, several for one range; each slot is counted, so the
+/// connection holds nothing once its echo is sent and reads on (a copy counted as one slot but
+/// released as three wrapped `queued` and stopped reading for good).
+#[test]
+fn copies_longer_than_a_slot_count_every_slot() {
+    let mut s = Sim::new(EngineConfig {
+        buffer_size: 2048,
+        buffers: 64,
+        max_queued_buffers: 8,
+        protocol: crate::protocol::Protocol::Websocket,
+        ..cfg()
+    });
+    let k = s.open();
+    let mut input = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        .to_vec();
+    let text = |n: usize| {
+        let mut f = vec![0x81, 0x80 | 126];
+        f.extend_from_slice(&(n as u16).to_be_bytes());
+        f.extend_from_slice(&[0; 4]); // a zero mask: the payload as it is
+        f.extend((0..n).map(|i| b'a' + (i % 26) as u8));
+        f
+    };
+    input.extend(text(10_000));
+    s.peers[k].written = input.clone();
+    s.deliver_all(k);
+    assert!(s.reading(k), "still reading");
+    assert_eq!(s.conn(k).queued, 0, "the echo was sent: nothing held");
+    let head = s.peers[k]
+        .got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap()
+        + 4;
+    // 4096 + 4096 + 1808 bytes, each with a 4-byte header.
+    assert_eq!(s.peers[k].got.len() - head, 10_000 + 3 * 4);
+    // And the next message is read and echoed too.
+    s.peers[k].written.extend(text(3000));
+    s.deliver_all(k);
+    assert_eq!(s.conn(k).queued, 0);
+    assert_eq!(s.peers[k].got.len() - head, 13_000 + 4 * 4);
+}
+
 #[test]
 fn out_tiny_copies_are_inline_and_take_no_slot() {
     let mut out = Out::new(1);
     let mut q = Queue::default();
-    assert!(!out.push_copy(&mut q, &[7u8; INLINE]));
+    assert_eq!(out.push_copy(&mut q, &[7u8; INLINE]), 0);
     assert_eq!(out.slots_allocated(), 0);
     assert_eq!(out.front(&q), Some(Front::Bytes(&[7u8; INLINE][..])));
     assert_eq!(out.consume(&mut q, 4), Released::default());
     assert_eq!(out.front(&q), Some(Front::Bytes(&[7u8; INLINE - 4][..])));
     assert!(!out.pop(&mut q).slot);
-    assert!(!out.push_copy(&mut q, b""), "nothing to copy");
+    assert_eq!(out.push_copy(&mut q, b""), 0, "nothing to copy");
     assert!(q.is_empty());
 }
 
@@ -2579,15 +2623,17 @@ fn out_copies_share_the_tail_slot_and_spill_into_new_ones() {
     let mut out = Out::new(1);
     let mut q = Queue::default();
     let a = vec![1u8; INLINE + 1];
-    assert!(out.push_copy(&mut q, &a), "past INLINE: a slot");
-    assert!(
-        !out.push_copy(&mut q, b"ab"),
+    assert_eq!(out.push_copy(&mut q, &a), 1, "past INLINE: a slot");
+    assert_eq!(
+        out.push_copy(&mut q, b"ab"),
+        0,
         "tiny, but the open slot has room"
     );
     let big: Vec<u8> = (0..GEN_SLOT * 2).map(|i| i as u8).collect();
-    assert!(
+    assert_eq!(
         out.push_copy(&mut q, &big),
-        "fills the slot, then takes new ones"
+        2,
+        "fills the slot, then takes new ones (each counted)"
     );
     assert_eq!(out.slots_in_use(), 3);
     let mut want = a.clone();
@@ -2606,7 +2652,7 @@ fn out_generated_slots_are_reused_not_reallocated() {
     let mut out = Out::new(1);
     let mut q = Queue::default();
     for round in 0..100u8 {
-        assert!(out.push_copy(&mut q, &[round; 100]));
+        assert_eq!(out.push_copy(&mut q, &[round; 100]), 1);
         assert_eq!(resolve(&out, &q, &[]), Some(vec![round; 100]));
         assert!(out.pop(&mut q).slot);
     }
@@ -2618,9 +2664,9 @@ fn out_generated_slots_are_reused_not_reallocated() {
 fn out_a_partly_sent_slot_still_takes_appends() {
     let mut out = Out::new(1);
     let mut q = Queue::default();
-    assert!(out.push_copy(&mut q, &[b'a'; 100]));
+    assert_eq!(out.push_copy(&mut q, &[b'a'; 100]), 1);
     out.consume(&mut q, 60);
-    assert!(!out.push_copy(&mut q, &[b'b'; 30]));
+    assert_eq!(out.push_copy(&mut q, &[b'b'; 30]), 0);
     let mut want = vec![b'a'; 40];
     want.extend_from_slice(&[b'b'; 30]);
     assert_eq!(resolve(&out, &q, &[]), Some(want));
