@@ -724,16 +724,23 @@ fn go_net_http_1000_goroutines(engine: Engine) {
     let new = s["new_conns"].as_u64().unwrap_or(u64::MAX);
     assert!(new <= 1000, "at most one connection per goroutine: {s}");
     assert_eq!(s["reused"].as_u64(), Some(20_000 - new), "{s}");
-    assert_eq!(
-        s["early_closes"].as_u64(),
-        Some(0),
-        "no connection was closed: {s}"
+    // The server closed nothing (checked below from its own counters). The client may close a
+    // connection of its own accord: on a loaded machine Go's transport now and then closes a
+    // connection whose dial completed just as the request that wanted it was served (seen once in
+    // a stress run: 1 early close, 1001 dials). A server that sent bytes on an idle connection would
+    // make Go close it too, so that is ruled out by name, and such closes stay rare.
+    let stderr = text(&out.stderr);
+    assert!(
+        !stderr.contains("Unsolicited response"),
+        "the server sent bytes on an idle connection: {stderr}"
     );
+    let early = s["early_closes"].as_u64().unwrap_or(u64::MAX);
+    assert!(early <= 10, "connections closed before the end: {s}");
     // Every connection the client opened was accepted (and a dial the client cancelled may have
-    // been too); every close the server saw was the client's, at its exit.
+    // been too); every close the server saw was the client's.
     let dials = s["dials"].as_u64().unwrap_or(0) as f64;
     let dial_errors = s["dial_errors"].as_u64().unwrap_or(0) as f64;
-    assert!(dials <= 1000.0, "{s}");
+    assert!(dials <= 1000.0 + early as f64, "{s}");
     let mut last = None;
     let settled = ringhold_tests::wait_until(secs(10), || {
         let Some(m) = server.scrape() else {
