@@ -9,9 +9,13 @@
 //!   a connection; a response the peer does not read is dropped after [`Limits::write_deadline`];
 //! - HTTP/1.1 keep-alive (Prometheus reuses its connection), an idle keep-alive connection being closed
 //!   after [`Limits::keep_alive_idle`];
-//! - at most [`Limits::max_connections`] admin connections: when a new one arrives at the cap, the one
-//!   idle the longest (silent since it connected, or waiting between requests) is dropped; only when none
-//!   is idle does the one busy the longest go.
+//! - at most [`Limits::max_connections`] admin connections. When a new one arrives at the cap, a
+//!   silent one is dropped (no request byte since it connected or since its last response), silent the
+//!   longest first; if none is silent, the one whose incomplete request head has been arriving the
+//!   longest (slowloris). A connection with a complete request (being answered, or still unread in the
+//!   kernel: the kernel's receive queue is looked at before a connection is dropped) is never dropped
+//!   for a newcomer, nor one whose response the peer is reading; if every connection is such, the
+//!   newcomer is refused (closed at once) instead.
 //!
 //! At the process's descriptor limit (the shards take every descriptor they can) a spare descriptor,
 //! opened at start, is given up to accept a scrape and taken back when that connection ends.
@@ -25,6 +29,7 @@ use std::convert::Infallible;
 use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -33,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE as CONTENT_TYPE_HEADER};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -54,7 +59,8 @@ const BACKLOG: i32 = 1024;
 /// The admin endpoint's limits (the defaults are what `ringhold serve` uses; README "Metrics endpoint").
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Limits {
-    /// Admin connections held at once; the oldest idle one is dropped for a new one.
+    /// Admin connections held at once; at the cap a silent one (else a slowloris) is dropped for a new
+    /// one, and a new one is refused if every connection has a request in hand.
     pub max_connections: usize,
     /// Time to deliver a complete request head: from accept for the first request, from its first byte
     /// for later ones.
@@ -150,21 +156,40 @@ impl Shared {
     }
 }
 
+/// Where a connection is in its request/response cycle, as the server has seen it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// No request byte since it was accepted or since its last response was written out: dropped
+    /// first at the cap.
+    Silent { since: Instant },
+    /// Bytes of a request head have arrived (`since`: the first), the head is not complete: dropped
+    /// at the cap only when no connection is silent.
+    Reading { since: Instant },
+    /// A complete request head has arrived and its response is not written out yet: never dropped
+    /// for a newcomer.
+    Serving { since: Instant },
+}
+
 /// One admin connection, as the accept loop and the sweeper see it.
 struct Conn {
     id: u64,
     accepted: Instant,
     /// Requests handed to the service.
     served: Cell<u64>,
-    /// First byte of a request whose head is not complete yet.
-    reading_since: Cell<Option<Instant>>,
+    phase: Cell<Phase>,
+    /// First byte read while [`Phase::Serving`] (the next request, or an unread request body).
+    read_while_serving: Cell<Option<Instant>>,
     /// Since when the socket has refused our response bytes (the peer does not read).
     write_blocked_since: Cell<Option<Instant>>,
-    /// Since when the connection waits for its next request with nothing of it received.
-    idle_since: Cell<Option<Instant>>,
+    /// The socket's descriptor while it is open ([`Tracked`] clears it before closing the socket), to
+    /// look at what the kernel holds for us that is not read yet.
+    fd: Cell<Option<RawFd>>,
     /// Set when the connection is to be dropped (deadline passed or evicted).
     kill: Notify,
 }
+
+/// A connection's place in the order of eviction at the cap: lower goes first.
+type Rank = (u8, Instant);
 
 impl Conn {
     fn new(id: u64, now: Instant) -> Conn {
@@ -172,9 +197,10 @@ impl Conn {
             id,
             accepted: now,
             served: Cell::new(0),
-            reading_since: Cell::new(None),
+            phase: Cell::new(Phase::Silent { since: now }),
+            read_while_serving: Cell::new(None),
             write_blocked_since: Cell::new(None),
-            idle_since: Cell::new(Some(now)),
+            fd: Cell::new(None),
             kill: Notify::new(),
         }
     }
@@ -192,42 +218,107 @@ impl Conn {
         }
         if self.served.get() == 0 {
             consider(self.accepted + l.request_deadline, "no request in time");
-        } else if let Some(t) = self.reading_since.get() {
-            consider(t + l.request_deadline, "request head not completed in time");
-        } else if let Some(t) = self.idle_since.get() {
-            consider(t + l.keep_alive_idle, "keep-alive idle");
+        }
+        match self.phase.get() {
+            Phase::Reading { since } => consider(
+                since + l.request_deadline,
+                "request head not completed in time",
+            ),
+            Phase::Silent { since } => consider(since + l.keep_alive_idle, "keep-alive idle"),
+            // Momentary (the response is rendered at once) unless the write blocks, which the write
+            // deadline bounds; this bound is only a backstop.
+            Phase::Serving { since } => consider(since + l.write_deadline, "response not finished"),
         }
         d.unwrap_or((self.accepted + l.keep_alive_idle, "keep-alive idle"))
     }
 
-    /// Order in which connections are dropped at the cap: idle ones first (idle the longest first), then
-    /// busy ones (busy the longest first).
-    fn eviction_rank(&self) -> (bool, Instant) {
-        let busy = self
-            .reading_since
-            .get()
-            .into_iter()
-            .chain(self.write_blocked_since.get())
-            .min();
-        match (busy, self.idle_since.get()) {
-            (None, Some(idle)) => (false, idle),
-            (Some(b), _) => (true, b),
-            (None, None) => (true, self.accepted),
+    /// Order in which connections are dropped at the cap, `None` for one that is never dropped for a
+    /// newcomer: silent ones first (silent the longest first), then ones reading a request head (the
+    /// one reading the longest first: a real client's head arrives at once, a slowloris' never ends).
+    /// A request being answered, or a response the peer has not taken yet, is never dropped.
+    fn eviction_rank(&self) -> Option<Rank> {
+        if self.write_blocked_since.get().is_some() {
+            return None;
+        }
+        match self.phase.get() {
+            Phase::Silent { since } => Some((0, since)),
+            Phase::Reading { since } => Some((1, since)),
+            Phase::Serving { .. } => None,
+        }
+    }
+
+    /// Brings the phase up to date with what has arrived in the kernel but is not read yet (the
+    /// connection's task may not have run since its bytes came): a complete request head makes it
+    /// [`Phase::Serving`], other bytes [`Phase::Reading`]. `buf` is scratch space.
+    fn notice_unread(&self, buf: &mut [u8], now: Instant) {
+        let (Some(fd), phase) = (self.fd.get(), self.phase.get()) else {
+            return;
+        };
+        if matches!(phase, Phase::Serving { .. }) {
+            return;
+        }
+        // SAFETY: `fd` is the connection's open socket: `Tracked` owns it and clears `self.fd` before
+        // it closes it, on this same thread (`Conn` is `!Send`). `buf` is valid for `buf.len()` bytes.
+        // MSG_PEEK leaves the bytes for hyper; MSG_DONTWAIT never blocks.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        // Nothing unread, the peer's FIN, or an error (a reset connection may go).
+        let Ok(n @ 1..) = usize::try_from(n) else {
+            return;
+        };
+        let unread = &buf[..n];
+        let ends_head = unread.windows(4).any(|w| w == b"\r\n\r\n")
+            || unread.windows(2).any(|w| w == b"\n\n")
+            // The head's end split between what hyper has read and what it has not.
+            || (matches!(phase, Phase::Reading { .. })
+                && (unread.starts_with(b"\n") || unread.starts_with(b"\r\n")));
+        if ends_head {
+            self.phase.set(Phase::Serving { since: now });
+        } else if let Phase::Silent { .. } = phase {
+            self.phase.set(Phase::Reading { since: now });
         }
     }
 
     fn on_bytes_received(&self, shared: &Shared) {
-        if self.reading_since.get().is_none() {
-            self.reading_since.set(Some(Instant::now()));
-            self.idle_since.set(None);
-            shared.sweeper.notify_one();
+        match self.phase.get() {
+            Phase::Silent { .. } => {
+                self.phase.set(Phase::Reading {
+                    since: Instant::now(),
+                });
+                shared.sweeper.notify_one();
+            }
+            Phase::Serving { .. } if self.read_while_serving.get().is_none() => {
+                self.read_while_serving.set(Some(Instant::now()));
+            }
+            _ => {}
         }
     }
 
+    /// The request head is complete and handed to the service.
     fn on_request(&self) {
         self.served.set(self.served.get() + 1);
-        self.reading_since.set(None);
-        self.idle_since.set(Some(Instant::now()));
+        self.read_while_serving.set(None);
+        self.phase.set(Phase::Serving {
+            since: Instant::now(),
+        });
+    }
+
+    /// The response has been handed to the socket whole (hyper drops its body after the last byte).
+    fn on_response_done(&self, shared: &Shared) {
+        let phase = match self.read_while_serving.take() {
+            Some(since) => Phase::Reading { since },
+            None => Phase::Silent {
+                since: Instant::now(),
+            },
+        };
+        self.phase.set(phase);
+        shared.sweeper.notify_one();
     }
 
     fn on_write(&self, blocked: bool, shared: &Shared) {
@@ -239,6 +330,49 @@ impl Conn {
             (false, Some(_)) => self.write_blocked_since.set(None),
             _ => {}
         }
+    }
+}
+
+impl Shared {
+    /// Makes room for one more connection: at the cap, drops connections in [`Conn::eviction_rank`]
+    /// order (each one's unread bytes looked at first, see [`Conn::notice_unread`]) until below it.
+    /// False if no connection may be dropped: the newcomer is to be refused.
+    fn make_room(&self) -> bool {
+        let cap = self.limits.max_connections.max(1);
+        let mut conns = self.conns.borrow_mut();
+        let mut scratch = [0u8; MAX_HEAD];
+        while conns.len() >= cap {
+            let now = Instant::now();
+            let mut victim = None;
+            // Candidates in rank order; looking at a candidate's socket can only move it later (to the
+            // end of the readers, or out of the order), so the first one it leaves in place goes.
+            loop {
+                let Some((rank, id)) = conns
+                    .values()
+                    .filter_map(|c| c.eviction_rank().map(|r| (r, c.id)))
+                    .min()
+                else {
+                    break;
+                };
+                let c = &conns[&id];
+                c.notice_unread(&mut scratch, now);
+                if c.eviction_rank() == Some(rank) {
+                    victim = Some(id);
+                    break;
+                }
+            }
+            let Some(c) = victim.and_then(|id| conns.remove(&id)) else {
+                return false;
+            };
+            tracing::debug!(
+                "metrics: {} admin connections: dropping #{} ({:?})",
+                self.limits.max_connections,
+                c.id,
+                c.phase.get()
+            );
+            c.kill.notify_one();
+        }
+        true
     }
 }
 
@@ -271,31 +405,24 @@ async fn run(listener: TcpListener, limits: Limits, spare: File, render: Rc<dyn 
                 continue;
             }
         };
+        if !shared.make_room() {
+            tracing::debug!(
+                "metrics: {} admin connections, each with a request in hand: refusing a new one",
+                limits.max_connections
+            );
+            drop(stream);
+            shared.refill_spare();
+            continue;
+        }
         next_id += 1;
         let conn = Rc::new(Conn::new(next_id, Instant::now()));
-        {
-            let mut conns = shared.conns.borrow_mut();
-            while conns.len() >= limits.max_connections.max(1) {
-                let Some(victim) = conns
-                    .values()
-                    .min_by_key(|c| c.eviction_rank())
-                    .map(|c| c.id)
-                else {
-                    break;
-                };
-                if let Some(c) = conns.remove(&victim) {
-                    tracing::debug!(
-                        "metrics: {} admin connections: dropping #{} (idle or busy the longest)",
-                        limits.max_connections,
-                        c.id
-                    );
-                    c.kill.notify_one();
-                }
-            }
-            conns.insert(conn.id, conn.clone());
-        }
+        shared.conns.borrow_mut().insert(conn.id, conn.clone());
         shared.sweeper.notify_one();
         tokio::task::spawn_local(serve_conn(stream, conn, shared.clone(), render.clone()));
+        // Let the new connection's task (and any other woken one) run before the next accept, so that
+        // a flood of connects is not accepted and evicted in one go ahead of the tasks that read
+        // requests and close evicted sockets.
+        tokio::task::yield_now().await;
     }
 }
 
@@ -334,15 +461,20 @@ async fn serve_conn(
     render: Rc<dyn Fn() -> String>,
 ) {
     let _ = stream.set_nodelay(true);
+    conn.fd.set(Some(stream.as_raw_fd()));
     let io = TokioIo::new(Tracked {
         stream,
         conn: conn.clone(),
         shared: shared.clone(),
     });
-    let on_request = conn.clone();
+    let (on_request, on_done) = (conn.clone(), shared.clone());
     let service = service_fn(move |req: Request<Incoming>| {
         on_request.on_request();
-        let resp = respond(req.method(), req.uri().path(), &*render);
+        let resp = respond(req.method(), req.uri().path(), &*render).map(|body| Answer {
+            body,
+            conn: on_request.clone(),
+            shared: on_done.clone(),
+        });
         async move { Ok::<_, Infallible>(resp) }
     });
     {
@@ -375,6 +507,48 @@ struct Tracked {
     stream: TcpStream,
     conn: Rc<Conn>,
     shared: Rc<Shared>,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        // The socket is closed right after this (its field is dropped next): its descriptor may be
+        // reused from then on.
+        self.conn.fd.set(None);
+    }
+}
+
+/// A response body that tells its [`Conn`] when hyper is done with it (hyper drops the body once its
+/// last byte is handed to the connection's writer, or at once for `HEAD`).
+struct Answer {
+    body: Full<Bytes>,
+    conn: Rc<Conn>,
+    shared: Rc<Shared>,
+}
+
+impl Body for Answer {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        self.conn.on_response_done(&self.shared);
+    }
 }
 
 impl AsyncRead for Tracked {
