@@ -290,15 +290,7 @@ fn response_not_read_is_dropped() {
 
 /// State of the IPv4 TCP socket `local -> remote` from /proc/net/tcp (1 = ESTABLISHED).
 fn tcp_state(local: SocketAddr, remote: SocketAddr) -> Option<u8> {
-    let hex = |a: SocketAddr| match a {
-        SocketAddr::V4(a) => format!(
-            "{:08X}:{:04X}",
-            u32::from_le_bytes(a.ip().octets()),
-            a.port()
-        ),
-        SocketAddr::V6(_) => unreachable!("IPv4 only"),
-    };
-    let (l, r) = (hex(local), hex(remote));
+    let (l, r) = (proc_net_hex(local), proc_net_hex(remote));
     std::fs::read_to_string("/proc/net/tcp")
         .unwrap()
         .lines()
@@ -307,5 +299,251 @@ fn tcp_state(local: SocketAddr, remote: SocketAddr) -> Option<u8> {
             let f: Vec<&str> = line.split_whitespace().collect();
             (f.get(1) == Some(&l.as_str()) && f.get(2) == Some(&r.as_str()))
                 .then(|| u8::from_str_radix(f[3], 16).unwrap())
+        })
+}
+
+// ------------------------------------------------------------------------------ the cap's order
+
+/// A `Shared` for the cap's logic alone (no runtime, no server).
+fn shared_with_cap(max_connections: usize) -> Shared {
+    Shared {
+        limits: Limits {
+            max_connections,
+            ..limits()
+        },
+        conns: RefCell::new(HashMap::new()),
+        sweeper: Notify::new(),
+        spare: RefCell::new(None),
+    }
+}
+
+fn add(shared: &Shared, id: u64, phase: Phase) -> Rc<Conn> {
+    let c = Rc::new(Conn::new(id, Instant::now()));
+    c.phase.set(phase);
+    shared.conns.borrow_mut().insert(id, c.clone());
+    c
+}
+
+fn ids(shared: &Shared) -> Vec<u64> {
+    let mut v: Vec<u64> = shared.conns.borrow().keys().copied().collect();
+    v.sort_unstable();
+    v
+}
+
+#[test]
+fn at_the_cap_silent_go_first_then_the_slowest_head_and_never_a_request_in_hand() {
+    let t = Instant::now();
+    let at = |ms: u64| t + Duration::from_millis(ms);
+    let shared = shared_with_cap(4);
+    add(&shared, 1, Phase::Reading { since: at(0) });
+    add(&shared, 2, Phase::Silent { since: at(1) });
+    add(&shared, 3, Phase::Serving { since: at(0) });
+    add(&shared, 4, Phase::Silent { since: at(2) });
+    assert!(shared.make_room());
+    assert_eq!(ids(&shared), [1, 3, 4], "the one silent the longest goes");
+    add(&shared, 5, Phase::Reading { since: at(3) });
+    assert!(shared.make_room());
+    assert_eq!(ids(&shared), [1, 3, 5], "a silent one before any reader");
+    // No silent one left: the head arriving the longest goes (slowloris), not the newer one.
+    add(&shared, 6, Phase::Silent { since: at(9) })
+        .write_blocked_since
+        .set(Some(at(4)));
+    assert!(shared.make_room());
+    assert_eq!(
+        ids(&shared),
+        [3, 5, 6],
+        "the oldest head goes, not a blocked response"
+    );
+    // Every connection has a request in hand (being answered, or its response not read yet).
+    shared.conns.borrow()[&5]
+        .phase
+        .set(Phase::Serving { since: at(5) });
+    add(&shared, 7, Phase::Serving { since: at(6) });
+    assert!(
+        !shared.make_room(),
+        "nothing may be dropped: refuse the newcomer"
+    );
+    assert_eq!(ids(&shared), [3, 5, 6, 7]);
+}
+
+/// Waits until `n` bytes are queued for reading on `s` (sent on loopback, not yet read).
+fn await_queued(s: &TcpStream, n: usize) {
+    s.set_nonblocking(true).unwrap();
+    let t = Instant::now();
+    let mut buf = vec![0u8; n];
+    while n > 0 && !matches!(s.peek(&mut buf), Ok(k) if k >= n) {
+        assert!(t.elapsed() < PATIENCE, "{n} bytes never arrived");
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn a_request_still_in_the_kernel_is_seen_before_a_drop() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shared = shared_with_cap(3);
+    let sent: [&[u8]; 3] = [
+        b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n", // whole: in hand
+        b"GET /metr",                                // part of a head
+        b"",                                         // silent
+    ];
+    let mut pairs = Vec::new();
+    let t = Instant::now();
+    for (i, bytes) in sent.iter().enumerate() {
+        let mut client = TcpStream::connect(addr).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        client.write_all(bytes).unwrap();
+        await_queued(&server, bytes.len());
+        // All three look silent since their accept, the one with the whole request the longest.
+        let c = add(
+            &shared,
+            i as u64 + 1,
+            Phase::Silent {
+                since: t + Duration::from_millis(i as u64),
+            },
+        );
+        c.fd.set(Some(server.as_raw_fd()));
+        pairs.push((client, server));
+    }
+    assert!(shared.make_room());
+    assert_eq!(ids(&shared), [1, 2], "the silent one goes");
+    let phase = |id| shared.conns.borrow()[&id].phase.get();
+    assert!(matches!(phase(1), Phase::Serving { .. }), "{:?}", phase(1));
+    assert!(matches!(phase(2), Phase::Reading { .. }), "{:?}", phase(2));
+    // Next at the cap: a newer silent connection goes before the head, and the head before the
+    // request in hand, which never goes.
+    add(
+        &shared,
+        4,
+        Phase::Silent {
+            since: Instant::now(),
+        },
+    );
+    assert!(shared.make_room());
+    assert_eq!(ids(&shared), [1, 2]);
+    add(
+        &shared,
+        5,
+        Phase::Serving {
+            since: Instant::now(),
+        },
+    );
+    assert!(shared.make_room());
+    assert_eq!(ids(&shared), [1, 5]);
+    add(
+        &shared,
+        6,
+        Phase::Serving {
+            since: Instant::now(),
+        },
+    );
+    assert!(!shared.make_room());
+    assert_eq!(ids(&shared), [1, 5, 6]);
+}
+
+#[test]
+fn scrapes_in_a_flood_of_silent_connections_are_all_answered() {
+    // Cap 4; 400 connections as fast as they open, every 8th a scrape that sends its whole request at
+    // once: the silent ones are dropped, and never a scrape.
+    let addr = start(limits());
+    let mut scrapes = Vec::new();
+    let mut silent = Vec::new();
+    for i in 0..400 {
+        let mut s = connect(addr);
+        if i % 8 == 7 {
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            scrapes.push((i, s));
+        } else {
+            silent.push(s);
+        }
+    }
+    for (i, mut s) in scrapes {
+        let mut resp = Vec::new();
+        let r = s.read_to_end(&mut resp);
+        assert!(
+            r.is_ok() && resp.starts_with(b"HTTP/1.1 200") && resp.ends_with(b"hello 1\n"),
+            "scrape on connection {i}: {r:?} {:?}",
+            String::from_utf8_lossy(&resp)
+        );
+    }
+    drop(silent);
+}
+
+#[test]
+fn at_the_cap_with_every_response_unread_a_newcomer_is_refused() {
+    const BODY: usize = 8 << 20;
+    let l = Limits {
+        write_deadline: PATIENCE,
+        ..limits()
+    };
+    let addr = serve_with("127.0.0.1:0".parse().unwrap(), l, || "x".repeat(BODY)).unwrap();
+    // Cap-many clients with a small receive window ask for 8 MiB and read nothing yet: the server's
+    // writes block (its send queue stays full).
+    let busy: Vec<TcpStream> = (0..l.max_connections)
+        .map(|_| {
+            let sock =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            sock.set_recv_buffer_size(4096).unwrap();
+            sock.connect(&addr.into()).unwrap();
+            let mut s: TcpStream = sock.into();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    for s in &busy {
+        let t = Instant::now();
+        while tcp_queues(addr, s.local_addr().unwrap()).is_none_or(|(tx, _)| tx == 0) {
+            assert!(t.elapsed() < PATIENCE, "the server never wrote its answer");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    // A newcomer is closed at once without an answer; the busy ones are not dropped for it.
+    let mut newcomer = connect(addr);
+    let _ = newcomer.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut resp = Vec::new();
+    let _ = newcomer.read_to_end(&mut resp);
+    assert!(
+        resp.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&resp[..resp.len().min(40)])
+    );
+    for mut s in busy {
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        let (status, _, body) = read_response(&mut s, false);
+        assert_eq!((status, body.len()), (200, BODY));
+    }
+}
+
+/// An IPv4 address as /proc/net/tcp writes it.
+fn proc_net_hex(a: SocketAddr) -> String {
+    match a {
+        SocketAddr::V4(a) => format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(a.ip().octets()),
+            a.port()
+        ),
+        SocketAddr::V6(_) => unreachable!("IPv4 only"),
+    }
+}
+
+/// (send queue, receive queue) of the IPv4 TCP socket `local -> remote` from /proc/net/tcp.
+fn tcp_queues(local: SocketAddr, remote: SocketAddr) -> Option<(u64, u64)> {
+    let (l, r) = (proc_net_hex(local), proc_net_hex(remote));
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .find_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.get(1) != Some(&l.as_str()) || f.get(2) != Some(&r.as_str()) {
+                return None;
+            }
+            let (tx, rx) = f[4].split_once(':')?;
+            Some((
+                u64::from_str_radix(tx, 16).ok()?,
+                u64::from_str_radix(rx, 16).ok()?,
+            ))
         })
 }
