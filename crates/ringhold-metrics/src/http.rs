@@ -165,8 +165,9 @@ enum Phase {
     /// Bytes of a request head have arrived (`since`: the first), the head is not complete: dropped
     /// at the cap only when no connection is silent.
     Reading { since: Instant },
-    /// A complete request head has arrived and its response is not written out yet: never dropped
-    /// for a newcomer.
+    /// A complete request head has arrived (`since`: when it was seen) and its response is not all
+    /// handed to the kernel yet: not dropped for a newcomer, unless the peer has been taking the
+    /// response for longer than the request deadline (a reader too slow to keep a slot).
     Serving { since: Instant },
 }
 
@@ -179,10 +180,12 @@ struct Conn {
     phase: Cell<Phase>,
     /// First byte read while [`Phase::Serving`] (the next request, or an unread request body).
     read_while_serving: Cell<Option<Instant>>,
+    /// The response's body is written into hyper's buffer: the response is done once that is flushed.
+    answered: Cell<bool>,
     /// Since when the socket has refused our response bytes (the peer does not read).
     write_blocked_since: Cell<Option<Instant>>,
-    /// The socket's descriptor while it is open ([`Tracked`] clears it before closing the socket), to
-    /// look at what the kernel holds for us that is not read yet.
+    /// The socket's descriptor while it is open (set by [`Tracked::new`] at accept, cleared before the
+    /// socket is closed), to look at what the kernel holds for us that is not read yet.
     fd: Cell<Option<RawFd>>,
     /// Set when the connection is to be dropped (deadline passed or evicted).
     kill: Notify,
@@ -199,6 +202,7 @@ impl Conn {
             served: Cell::new(0),
             phase: Cell::new(Phase::Silent { since: now }),
             read_while_serving: Cell::new(None),
+            answered: Cell::new(false),
             write_blocked_since: Cell::new(None),
             fd: Cell::new(None),
             kill: Notify::new(),
@@ -225,24 +229,23 @@ impl Conn {
                 "request head not completed in time",
             ),
             Phase::Silent { since } => consider(since + l.keep_alive_idle, "keep-alive idle"),
-            // Momentary (the response is rendered at once) unless the write blocks, which the write
-            // deadline bounds; this bound is only a backstop.
-            Phase::Serving { since } => consider(since + l.write_deadline, "response not finished"),
+            // Each stall of the write is bounded by the write deadline; this bounds a peer that keeps
+            // reading, slowly.
+            Phase::Serving { since } => consider(since + l.keep_alive_idle, "response not taken"),
         }
         d.unwrap_or((self.accepted + l.keep_alive_idle, "keep-alive idle"))
     }
 
-    /// Order in which connections are dropped at the cap, `None` for one that is never dropped for a
-    /// newcomer: silent ones first (silent the longest first), then ones reading a request head (the
-    /// one reading the longest first: a real client's head arrives at once, a slowloris' never ends).
-    /// A request being answered, or a response the peer has not taken yet, is never dropped.
-    fn eviction_rank(&self) -> Option<Rank> {
-        if self.write_blocked_since.get().is_some() {
-            return None;
-        }
+    /// Order in which connections are dropped at the cap at `now`, `None` for one that is not dropped
+    /// for a newcomer: silent ones first (silent the longest first), then ones reading a request head
+    /// (reading the longest first: a real client's head arrives at once, a slowloris' never ends),
+    /// then responses the peer has been taking for longer than the request deadline (the longest
+    /// first). A request being answered within that time is never dropped.
+    fn eviction_rank(&self, l: &Limits, now: Instant) -> Option<Rank> {
         match self.phase.get() {
             Phase::Silent { since } => Some((0, since)),
             Phase::Reading { since } => Some((1, since)),
+            Phase::Serving { since } if now >= since + l.request_deadline => Some((2, since)),
             Phase::Serving { .. } => None,
         }
     }
@@ -304,13 +307,24 @@ impl Conn {
     fn on_request(&self) {
         self.served.set(self.served.get() + 1);
         self.read_while_serving.set(None);
+        self.answered.set(false);
         self.phase.set(Phase::Serving {
             since: Instant::now(),
         });
     }
 
-    /// The response has been handed to the socket whole (hyper drops its body after the last byte).
-    fn on_response_done(&self, shared: &Shared) {
+    /// hyper is done with the response's body: its last byte is in hyper's buffer (or, for `HEAD`,
+    /// there is none to send).
+    fn on_answered(&self) {
+        self.answered.set(true);
+    }
+
+    /// hyper's buffer is flushed to the socket: if the response's body was in it, the response is
+    /// done.
+    fn on_flushed(&self, shared: &Shared) {
+        if !self.answered.take() || !matches!(self.phase.get(), Phase::Serving { .. }) {
+            return;
+        }
         let phase = match self.read_while_serving.take() {
             Some(since) => Phase::Reading { since },
             None => Phase::Silent {
@@ -349,14 +363,14 @@ impl Shared {
             loop {
                 let Some((rank, id)) = conns
                     .values()
-                    .filter_map(|c| c.eviction_rank().map(|r| (r, c.id)))
+                    .filter_map(|c| c.eviction_rank(&self.limits, now).map(|r| (r, c.id)))
                     .min()
                 else {
                     break;
                 };
                 let c = &conns[&id];
                 c.notice_unread(&mut scratch, now);
-                if c.eviction_rank() == Some(rank) {
+                if c.eviction_rank(&self.limits, now) == Some(rank) {
                     victim = Some(id);
                     break;
                 }
@@ -416,9 +430,11 @@ async fn run(listener: TcpListener, limits: Limits, spare: File, render: Rc<dyn 
         }
         next_id += 1;
         let conn = Rc::new(Conn::new(next_id, Instant::now()));
+        let _ = stream.set_nodelay(true);
+        let io = Tracked::new(stream, conn.clone(), shared.clone());
         shared.conns.borrow_mut().insert(conn.id, conn.clone());
         shared.sweeper.notify_one();
-        tokio::task::spawn_local(serve_conn(stream, conn, shared.clone(), render.clone()));
+        tokio::task::spawn_local(serve_conn(io, conn, shared.clone(), render.clone()));
         // Let the new connection's task (and any other woken one) run before the next accept, so that
         // a flood of connects is not accepted and evicted in one go ahead of the tasks that read
         // requests and close evicted sockets.
@@ -455,25 +471,18 @@ async fn sweep(shared: Rc<Shared>) {
 }
 
 async fn serve_conn(
-    stream: TcpStream,
+    io: Tracked,
     conn: Rc<Conn>,
     shared: Rc<Shared>,
     render: Rc<dyn Fn() -> String>,
 ) {
-    let _ = stream.set_nodelay(true);
-    conn.fd.set(Some(stream.as_raw_fd()));
-    let io = TokioIo::new(Tracked {
-        stream,
-        conn: conn.clone(),
-        shared: shared.clone(),
-    });
-    let (on_request, on_done) = (conn.clone(), shared.clone());
+    let io = TokioIo::new(io);
+    let on_request = conn.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         on_request.on_request();
         let resp = respond(req.method(), req.uri().path(), &*render).map(|body| Answer {
             body,
             conn: on_request.clone(),
-            shared: on_done.clone(),
         });
         async move { Ok::<_, Infallible>(resp) }
     });
@@ -509,6 +518,19 @@ struct Tracked {
     shared: Rc<Shared>,
 }
 
+impl Tracked {
+    /// Wraps the socket as soon as it is accepted: from then on its [`Conn`] can look at what the
+    /// kernel holds for it, even before its task first runs.
+    fn new(stream: TcpStream, conn: Rc<Conn>, shared: Rc<Shared>) -> Tracked {
+        conn.fd.set(Some(stream.as_raw_fd()));
+        Tracked {
+            stream,
+            conn,
+            shared,
+        }
+    }
+}
+
 impl Drop for Tracked {
     fn drop(&mut self) {
         // The socket is closed right after this (its field is dropped next): its descriptor may be
@@ -518,11 +540,10 @@ impl Drop for Tracked {
 }
 
 /// A response body that tells its [`Conn`] when hyper is done with it (hyper drops the body once its
-/// last byte is handed to the connection's writer, or at once for `HEAD`).
+/// last byte is in its write buffer, or at once for `HEAD`; the next flush completes the response).
 struct Answer {
     body: Full<Bytes>,
     conn: Rc<Conn>,
-    shared: Rc<Shared>,
 }
 
 impl Body for Answer {
@@ -547,7 +568,7 @@ impl Body for Answer {
 
 impl Drop for Answer {
     fn drop(&mut self) {
-        self.conn.on_response_done(&self.shared);
+        self.conn.on_answered();
     }
 }
 
@@ -594,8 +615,14 @@ impl AsyncWrite for Tracked {
         self.stream.is_write_vectored()
     }
 
+    /// hyper calls this once its write buffer is all in the socket.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        let this = self.get_mut();
+        let res = Pin::new(&mut this.stream).poll_flush(cx);
+        if matches!(res, Poll::Ready(Ok(()))) {
+            this.conn.on_flushed(&this.shared);
+        }
+        res
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -304,11 +304,13 @@ fn tcp_state(local: SocketAddr, remote: SocketAddr) -> Option<u8> {
 
 // ------------------------------------------------------------------------------ the cap's order
 
-/// A `Shared` for the cap's logic alone (no runtime, no server).
+/// A `Shared` for the cap's logic alone (no runtime, no server), with a request deadline no stall
+/// of the test machine reaches.
 fn shared_with_cap(max_connections: usize) -> Shared {
     Shared {
         limits: Limits {
             max_connections,
+            request_deadline: PATIENCE,
             ..limits()
         },
         conns: RefCell::new(HashMap::new()),
@@ -331,10 +333,11 @@ fn ids(shared: &Shared) -> Vec<u64> {
 }
 
 #[test]
-fn at_the_cap_silent_go_first_then_the_slowest_head_and_never_a_request_in_hand() {
-    let t = Instant::now();
-    let at = |ms: u64| t + Duration::from_millis(ms);
+fn at_the_cap_silent_go_first_then_the_slowest_head_then_a_stalled_response() {
     let shared = shared_with_cap(4);
+    let deadline = shared.limits.request_deadline;
+    let t = Instant::now() - 2 * deadline;
+    let at = |ms: u64| t + Duration::from_millis(ms);
     add(&shared, 1, Phase::Reading { since: at(0) });
     add(&shared, 2, Phase::Silent { since: at(1) });
     add(&shared, 3, Phase::Serving { since: at(0) });
@@ -344,26 +347,52 @@ fn at_the_cap_silent_go_first_then_the_slowest_head_and_never_a_request_in_hand(
     add(&shared, 5, Phase::Reading { since: at(3) });
     assert!(shared.make_room());
     assert_eq!(ids(&shared), [1, 3, 5], "a silent one before any reader");
-    // No silent one left: the head arriving the longest goes (slowloris), not the newer one.
-    add(&shared, 6, Phase::Silent { since: at(9) })
-        .write_blocked_since
-        .set(Some(at(4)));
+    // No silent one left: the head arriving the longest goes (slowloris), not the newer one, nor the
+    // response that has been going even longer.
+    add(&shared, 6, Phase::Serving { since: at(4) });
     assert!(shared.make_room());
-    assert_eq!(
-        ids(&shared),
-        [3, 5, 6],
-        "the oldest head goes, not a blocked response"
+    assert_eq!(ids(&shared), [3, 5, 6], "the oldest head goes");
+    add(
+        &shared,
+        7,
+        Phase::Serving {
+            since: Instant::now(),
+        },
     );
-    // Every connection has a request in hand (being answered, or its response not read yet).
-    shared.conns.borrow()[&5]
-        .phase
-        .set(Phase::Serving { since: at(5) });
-    add(&shared, 7, Phase::Serving { since: at(6) });
+    assert!(shared.make_room());
+    assert_eq!(ids(&shared), [3, 6, 7], "then the last head");
+    // Then a response the peer has taken longer than the request deadline over, the longest first;
+    // one within it is never dropped.
+    add(
+        &shared,
+        8,
+        Phase::Serving {
+            since: Instant::now(),
+        },
+    );
+    assert!(shared.make_room());
+    assert_eq!(ids(&shared), [6, 7, 8], "the response going the longest");
+    add(
+        &shared,
+        9,
+        Phase::Serving {
+            since: Instant::now(),
+        },
+    );
+    assert!(shared.make_room());
+    assert_eq!(ids(&shared), [7, 8, 9]);
+    add(
+        &shared,
+        10,
+        Phase::Serving {
+            since: Instant::now(),
+        },
+    );
     assert!(
         !shared.make_room(),
         "nothing may be dropped: refuse the newcomer"
     );
-    assert_eq!(ids(&shared), [3, 5, 6, 7]);
+    assert_eq!(ids(&shared), [7, 8, 9, 10]);
 }
 
 /// Waits until `n` bytes are queued for reading on `s` (sent on loopback, not yet read).
@@ -470,16 +499,13 @@ fn scrapes_in_a_flood_of_silent_connections_are_all_answered() {
     drop(silent);
 }
 
-#[test]
-fn at_the_cap_with_every_response_unread_a_newcomer_is_refused() {
-    const BODY: usize = 8 << 20;
-    let l = Limits {
-        write_deadline: PATIENCE,
-        ..limits()
-    };
-    let addr = serve_with("127.0.0.1:0".parse().unwrap(), l, || "x".repeat(BODY)).unwrap();
-    // Cap-many clients with a small receive window ask for 8 MiB and read nothing yet: the server's
-    // writes block (its send queue stays full).
+const BIG: usize = 8 << 20;
+
+/// A server with an 8 MiB body and `l`, and cap-many clients with a small receive window that ask for
+/// it and read nothing yet, once the server's writes to each of them block (its send queue stays
+/// full).
+fn cap_full_of_unread_responses(l: Limits) -> (SocketAddr, Vec<TcpStream>) {
+    let addr = serve_with("127.0.0.1:0".parse().unwrap(), l, || "x".repeat(BIG)).unwrap();
     let busy: Vec<TcpStream> = (0..l.max_connections)
         .map(|_| {
             let sock =
@@ -499,6 +525,17 @@ fn at_the_cap_with_every_response_unread_a_newcomer_is_refused() {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+    (addr, busy)
+}
+
+#[test]
+fn at_the_cap_with_every_response_unread_a_newcomer_is_refused() {
+    let l = Limits {
+        request_deadline: PATIENCE,
+        write_deadline: PATIENCE,
+        ..limits()
+    };
+    let (addr, busy) = cap_full_of_unread_responses(l);
     // A newcomer is closed at once without an answer; the busy ones are not dropped for it.
     let mut newcomer = connect(addr);
     let _ = newcomer.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
@@ -510,9 +547,31 @@ fn at_the_cap_with_every_response_unread_a_newcomer_is_refused() {
         String::from_utf8_lossy(&resp[..resp.len().min(40)])
     );
     for mut s in busy {
-        s.set_read_timeout(Some(PATIENCE)).unwrap();
         let (status, _, body) = read_response(&mut s, false);
-        assert_eq!((status, body.len()), (200, BODY));
+        assert_eq!((status, body.len()), (200, BIG));
+    }
+}
+
+#[test]
+fn a_response_not_taken_within_the_request_deadline_makes_way_for_a_newcomer() {
+    let l = Limits {
+        write_deadline: PATIENCE,
+        ..limits()
+    };
+    let (addr, busy) = cap_full_of_unread_responses(l);
+    // Past the request deadline, a reader that slow no longer keeps its slot: a scrape is served,
+    // and one of the non-readers is dropped for it.
+    std::thread::sleep(l.request_deadline);
+    let mut newcomer = connect(addr);
+    let (status, _, body) = get(&mut newcomer, "/metrics");
+    assert_eq!((status, body.len()), (200, BIG));
+    let t = Instant::now();
+    while busy
+        .iter()
+        .all(|s| tcp_state(addr, s.local_addr().unwrap()) == Some(1))
+    {
+        assert!(t.elapsed() < PATIENCE, "no non-reader was dropped");
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
