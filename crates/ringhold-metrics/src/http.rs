@@ -250,15 +250,16 @@ impl Conn {
         }
     }
 
-    /// Brings the phase up to date with what has arrived in the kernel but is not read yet (the
-    /// connection's task may not have run since its bytes came): a complete request head makes it
-    /// [`Phase::Serving`], other bytes [`Phase::Reading`]. `buf` is scratch space.
-    fn notice_unread(&self, buf: &mut [u8], now: Instant) {
+    /// Looks at what has arrived in the kernel but is not read yet (the connection's task may not
+    /// have run since its bytes came). True if that holds a complete request head: the connection
+    /// is not to be dropped now (its task will read and answer it). Otherwise, a silent connection
+    /// with unread bytes becomes [`Phase::Reading`] from `now`. `buf` is scratch space.
+    fn request_waiting(&self, buf: &mut [u8], now: Instant) -> bool {
         let (Some(fd), phase) = (self.fd.get(), self.phase.get()) else {
-            return;
+            return false;
         };
         if matches!(phase, Phase::Serving { .. }) {
-            return;
+            return false;
         }
         // SAFETY: `fd` is the connection's open socket: `Tracked` owns it and clears `self.fd` before
         // it closes it, on this same thread (`Conn` is `!Send`). `buf` is valid for `buf.len()` bytes.
@@ -273,19 +274,19 @@ impl Conn {
         };
         // Nothing unread, the peer's FIN, or an error (a reset connection may go).
         let Ok(n @ 1..) = usize::try_from(n) else {
-            return;
+            return false;
         };
+        // (A head whose end straddles what hyper has read and what it has not is not seen: a real
+        // client sends its head at once, and a reader is dropped only after every silent one and
+        // every reader that started before it.)
         let unread = &buf[..n];
-        let ends_head = unread.windows(4).any(|w| w == b"\r\n\r\n")
-            || unread.windows(2).any(|w| w == b"\n\n")
-            // The head's end split between what hyper has read and what it has not.
-            || (matches!(phase, Phase::Reading { .. })
-                && (unread.starts_with(b"\n") || unread.starts_with(b"\r\n")));
-        if ends_head {
-            self.phase.set(Phase::Serving { since: now });
-        } else if let Phase::Silent { .. } = phase {
+        if unread.windows(4).any(|w| w == b"\r\n\r\n") || unread.windows(2).any(|w| w == b"\n\n") {
+            return true;
+        }
+        if let Phase::Silent { .. } = phase {
             self.phase.set(Phase::Reading { since: now });
         }
+        false
     }
 
     fn on_bytes_received(&self, shared: &Shared) {
@@ -358,19 +359,23 @@ impl Shared {
         while conns.len() >= cap {
             let now = Instant::now();
             let mut victim = None;
+            // Connections with a complete request waiting in the kernel.
+            let mut waiting = Vec::new();
             // Candidates in rank order; looking at a candidate's socket can only move it later (to the
             // end of the readers, or out of the order), so the first one it leaves in place goes.
             loop {
                 let Some((rank, id)) = conns
                     .values()
+                    .filter(|c| !waiting.contains(&c.id))
                     .filter_map(|c| c.eviction_rank(&self.limits, now).map(|r| (r, c.id)))
                     .min()
                 else {
                     break;
                 };
                 let c = &conns[&id];
-                c.notice_unread(&mut scratch, now);
-                if c.eviction_rank(&self.limits, now) == Some(rank) {
+                if c.request_waiting(&mut scratch, now) {
+                    waiting.push(id);
+                } else if c.eviction_rank(&self.limits, now) == Some(rank) {
                     victim = Some(id);
                     break;
                 }

@@ -437,7 +437,7 @@ fn a_request_still_in_the_kernel_is_seen_before_a_drop() {
     assert!(shared.make_room());
     assert_eq!(ids(&shared), [1, 2], "the silent one goes");
     let phase = |id| shared.conns.borrow()[&id].phase.get();
-    assert!(matches!(phase(1), Phase::Serving { .. }), "{:?}", phase(1));
+    assert!(matches!(phase(1), Phase::Silent { .. }), "{:?}", phase(1));
     assert!(matches!(phase(2), Phase::Reading { .. }), "{:?}", phase(2));
     // Next at the cap: a newer silent connection goes before the head, and the head before the
     // request in hand, which never goes.
@@ -468,6 +468,32 @@ fn a_request_still_in_the_kernel_is_seen_before_a_drop() {
     );
     assert!(!shared.make_room());
     assert_eq!(ids(&shared), [1, 5, 6]);
+}
+
+#[test]
+fn a_slowloris_byte_still_in_the_kernel_does_not_make_it_a_request() {
+    // A head trickled a byte at a time: the server has read up to a `\r`, the `\n` is unread. That
+    // is a line's end, not the head's: the connection stays a reader, and goes at the cap.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    let first = b"GET /metrics HTTP/1.1\r\nHost: t\r";
+    client.write_all(first).unwrap();
+    let mut got = vec![0u8; first.len()];
+    server.read_exact(&mut got).unwrap();
+    client.write_all(b"\n").unwrap();
+    await_queued(&server, 1);
+    let shared = shared_with_cap(1);
+    let c = add(
+        &shared,
+        1,
+        Phase::Reading {
+            since: Instant::now(),
+        },
+    );
+    c.fd.set(Some(server.as_raw_fd()));
+    assert!(shared.make_room());
+    assert!(ids(&shared).is_empty());
 }
 
 #[test]
