@@ -9,13 +9,17 @@
 //!   a connection; a response the peer does not read is dropped after [`Limits::write_deadline`];
 //! - HTTP/1.1 keep-alive (Prometheus reuses its connection), an idle keep-alive connection being closed
 //!   after [`Limits::keep_alive_idle`];
-//! - at most [`Limits::max_connections`] admin connections. When a new one arrives at the cap, a
-//!   silent one is dropped (no request byte since it connected or since its last response), silent the
-//!   longest first; if none is silent, the one whose incomplete request head has been arriving the
-//!   longest (slowloris). A connection with a complete request (being answered, or still unread in the
-//!   kernel: the kernel's receive queue is looked at before a connection is dropped) is never dropped
-//!   for a newcomer, nor one whose response the peer is reading; if every connection is such, the
-//!   newcomer is refused (closed at once) instead.
+//! - at most [`Limits::max_connections`] admin connections. When a new one arrives at the cap, one is
+//!   dropped, in this order: a silent one (no request byte since it connected or since its last
+//!   response was written out), silent the longest first; then one whose request head is still
+//!   arriving, arriving the longest first (slowloris: a real client's head comes at once); then one
+//!   whose response the peer has been taking for longer than [`Limits::request_deadline`], the
+//!   longest first. A connection with a complete request in hand is never dropped for a newcomer:
+//!   one being answered, or whose request is still unread in the kernel (a candidate's receive
+//!   queue is peeked at before it is dropped: its task may not have run since its request came). If
+//!   every connection has a request in hand, the newcomer is refused (closed at once) instead. The
+//!   accept loop yields after each accept, so the new connection's task reads what has arrived
+//!   before the next one is accepted.
 //!
 //! At the process's descriptor limit (the shards take every descriptor they can) a spare descriptor,
 //! opened at start, is given up to accept a scrape and taken back when that connection ends.
@@ -350,7 +354,7 @@ impl Conn {
 
 impl Shared {
     /// Makes room for one more connection: at the cap, drops connections in [`Conn::eviction_rank`]
-    /// order (each one's unread bytes looked at first, see [`Conn::notice_unread`]) until below it.
+    /// order (each one's unread bytes looked at first, see [`Conn::request_waiting`]) until below it.
     /// False if no connection may be dropped: the newcomer is to be refused.
     fn make_room(&self) -> bool {
         let cap = self.limits.max_connections.max(1);
@@ -363,15 +367,12 @@ impl Shared {
             let mut waiting = Vec::new();
             // Candidates in rank order; looking at a candidate's socket can only move it later (to the
             // end of the readers, or out of the order), so the first one it leaves in place goes.
-            loop {
-                let Some((rank, id)) = conns
-                    .values()
-                    .filter(|c| !waiting.contains(&c.id))
-                    .filter_map(|c| c.eviction_rank(&self.limits, now).map(|r| (r, c.id)))
-                    .min()
-                else {
-                    break;
-                };
+            while let Some((rank, id)) = conns
+                .values()
+                .filter(|c| !waiting.contains(&c.id))
+                .filter_map(|c| c.eviction_rank(&self.limits, now).map(|r| (r, c.id)))
+                .min()
+            {
                 let c = &conns[&id];
                 if c.request_waiting(&mut scratch, now) {
                     waiting.push(id);
