@@ -74,6 +74,11 @@ pub(crate) struct Limits {
     /// Time a keep-alive connection may wait for its next request (above Prometheus' usual scrape
     /// intervals, so that its connection is reused).
     pub keep_alive_idle: Duration,
+    /// Time a connection has to speak before it may be dropped as silent at the cap, counted by the
+    /// kernel from its last byte received or, before any, from its handshake (so time spent in the
+    /// accept backlog counts): a client descheduled between its connect and its request is not
+    /// taken for an idle one.
+    pub fresh: Duration,
 }
 
 impl Default for Limits {
@@ -83,6 +88,7 @@ impl Default for Limits {
             request_deadline: Duration::from_secs(3),
             write_deadline: Duration::from_secs(10),
             keep_alive_idle: Duration::from_secs(90),
+            fresh: Duration::from_millis(100),
         }
     }
 }
@@ -142,6 +148,9 @@ struct Shared {
     conns: RefCell<HashMap<u64, Rc<Conn>>>,
     /// Wakes the sweeper when a deadline may have moved earlier.
     sweeper: Notify,
+    /// Wakes the accept loop while it waits for room at the cap (a connection has gone, or a silent
+    /// one has spoken).
+    room: Notify,
     /// The reserve descriptor; `None` while given up for a connection.
     spare: RefCell<Option<File>>,
 }
@@ -254,6 +263,27 @@ impl Conn {
         }
     }
 
+    /// How long the kernel has received nothing on this connection (since its handshake if it never
+    /// has); `None` if that cannot be told.
+    fn kernel_silence(&self) -> Option<Duration> {
+        let fd = self.fd.get()?;
+        // SAFETY: `fd` is open (see `request_waiting`); `info` is a plain C struct, valid zeroed, and
+        // `len` is its size, which the kernel does not exceed.
+        let (info, r) = unsafe {
+            let mut info: libc::tcp_info = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+            let r = libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            );
+            (info, r)
+        };
+        (r == 0).then(|| Duration::from_millis(info.tcpi_last_data_recv.into()))
+    }
+
     /// Looks at what has arrived in the kernel but is not read yet (the connection's task may not
     /// have run since its bytes came). True if that holds a complete request head: the connection
     /// is not to be dropped now (its task will read and answer it). Otherwise, a silent connection
@@ -300,6 +330,7 @@ impl Conn {
                     since: Instant::now(),
                 });
                 shared.sweeper.notify_one();
+                shared.room.notify_one();
             }
             Phase::Serving { .. } if self.read_while_serving.get().is_none() => {
                 self.read_while_serving.set(Some(Instant::now()));
@@ -352,37 +383,65 @@ impl Conn {
     }
 }
 
+/// What [`Shared::make_room`] could do.
+#[derive(Debug, PartialEq, Eq)]
+enum Room {
+    /// Below the cap (a connection was dropped if need be): admit the newcomer.
+    Made,
+    /// Only silent connections still within [`Limits::fresh`] could go: try again after this long.
+    Wait(Duration),
+    /// Every connection has a request in hand: refuse the newcomer.
+    Full,
+}
+
 impl Shared {
     /// Makes room for one more connection: at the cap, drops connections in [`Conn::eviction_rank`]
-    /// order (each one's unread bytes looked at first, see [`Conn::request_waiting`]) until below it.
-    /// False if no connection may be dropped: the newcomer is to be refused.
-    fn make_room(&self) -> bool {
+    /// order until below it, each one's socket looked at first: one with a complete request unread
+    /// in the kernel ([`Conn::request_waiting`]) or a silent one still within [`Limits::fresh`] is
+    /// passed over.
+    fn make_room(&self) -> Room {
         let cap = self.limits.max_connections.max(1);
         let mut conns = self.conns.borrow_mut();
         let mut scratch = [0u8; MAX_HEAD];
         while conns.len() >= cap {
             let now = Instant::now();
             let mut victim = None;
-            // Connections with a complete request waiting in the kernel.
-            let mut waiting = Vec::new();
+            // Connections passed over: a complete request waiting in the kernel, or fresh.
+            let mut passed = Vec::new();
+            let mut fresh_for: Option<Duration> = None;
             // Candidates in rank order; looking at a candidate's socket can only move it later (to the
             // end of the readers, or out of the order), so the first one it leaves in place goes.
             while let Some((rank, id)) = conns
                 .values()
-                .filter(|c| !waiting.contains(&c.id))
+                .filter(|c| !passed.contains(&c.id))
                 .filter_map(|c| c.eviction_rank(&self.limits, now).map(|r| (r, c.id)))
                 .min()
             {
                 let c = &conns[&id];
                 if c.request_waiting(&mut scratch, now) {
-                    waiting.push(id);
-                } else if c.eviction_rank(&self.limits, now) == Some(rank) {
+                    passed.push(id);
+                    continue;
+                }
+                if let Phase::Silent { .. } = c.phase.get() {
+                    let silent = c.kernel_silence().unwrap_or(Duration::MAX);
+                    if silent < self.limits.fresh {
+                        let left = self.limits.fresh - silent;
+                        fresh_for = Some(fresh_for.map_or(left, |f| f.min(left)));
+                        passed.push(id);
+                        continue;
+                    }
+                }
+                if c.eviction_rank(&self.limits, now) == Some(rank) {
                     victim = Some(id);
                     break;
                 }
             }
             let Some(c) = victim.and_then(|id| conns.remove(&id)) else {
-                return false;
+                return match fresh_for {
+                    // (At least a millisecond: the kernel counts in milliseconds.)
+                    Some(left) => Room::Wait(left.max(Duration::from_millis(1))),
+                    None => Room::Full,
+                };
             };
             tracing::debug!(
                 "metrics: {} admin connections: dropping #{} ({:?})",
@@ -392,7 +451,7 @@ impl Shared {
             );
             c.kill.notify_one();
         }
-        true
+        Room::Made
     }
 }
 
@@ -401,6 +460,7 @@ async fn run(listener: TcpListener, limits: Limits, spare: File, render: Rc<dyn 
         limits,
         conns: RefCell::new(HashMap::new()),
         sweeper: Notify::new(),
+        room: Notify::new(),
         spare: RefCell::new(Some(spare)),
     });
     tokio::task::spawn_local(sweep(shared.clone()));
@@ -425,7 +485,20 @@ async fn run(listener: TcpListener, limits: Limits, spare: File, render: Rc<dyn 
                 continue;
             }
         };
-        if !shared.make_room() {
+        // At the cap with only fresh silent connections to drop, the newcomer waits (and the ones
+        // behind it in the kernel's backlog, aging there) until one of them may go or room is made.
+        let room = loop {
+            match shared.make_room() {
+                Room::Wait(left) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(left) => {}
+                        _ = shared.room.notified() => {}
+                    }
+                }
+                room => break room,
+            }
+        };
+        if room == Room::Full {
             tracing::debug!(
                 "metrics: {} admin connections, each with a request in hand: refusing a new one",
                 limits.max_connections
@@ -514,6 +587,7 @@ async fn serve_conn(
     // The socket is closed (hyper's connection, which owned it, is dropped): its descriptor can
     // become the spare again if that was given up.
     shared.conns.borrow_mut().remove(&conn.id);
+    shared.room.notify_one();
     shared.refill_spare();
 }
 

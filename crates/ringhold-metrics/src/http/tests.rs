@@ -13,6 +13,7 @@ fn limits() -> Limits {
         request_deadline: Duration::from_millis(1500),
         write_deadline: Duration::from_secs(2),
         keep_alive_idle: PATIENCE,
+        fresh: Duration::from_millis(100),
     }
 }
 
@@ -305,16 +306,18 @@ fn tcp_state(local: SocketAddr, remote: SocketAddr) -> Option<u8> {
 // ------------------------------------------------------------------------------ the cap's order
 
 /// A `Shared` for the cap's logic alone (no runtime, no server), with a request deadline no stall
-/// of the test machine reaches.
+/// of the test machine reaches, and no time to speak (see `fresh_silent_connections_get_time_to_speak`).
 fn shared_with_cap(max_connections: usize) -> Shared {
     Shared {
         limits: Limits {
             max_connections,
             request_deadline: PATIENCE,
+            fresh: Duration::ZERO,
             ..limits()
         },
         conns: RefCell::new(HashMap::new()),
         sweeper: Notify::new(),
+        room: Notify::new(),
         spare: RefCell::new(None),
     }
 }
@@ -342,15 +345,15 @@ fn at_the_cap_silent_go_first_then_the_slowest_head_then_a_stalled_response() {
     add(&shared, 2, Phase::Silent { since: at(1) });
     add(&shared, 3, Phase::Serving { since: at(0) });
     add(&shared, 4, Phase::Silent { since: at(2) });
-    assert!(shared.make_room());
+    assert_eq!(shared.make_room(), Room::Made);
     assert_eq!(ids(&shared), [1, 3, 4], "the one silent the longest goes");
     add(&shared, 5, Phase::Reading { since: at(3) });
-    assert!(shared.make_room());
+    assert_eq!(shared.make_room(), Room::Made);
     assert_eq!(ids(&shared), [1, 3, 5], "a silent one before any reader");
     // No silent one left: the head arriving the longest goes (slowloris), not the newer one, nor the
     // response that has been going even longer.
     add(&shared, 6, Phase::Serving { since: at(4) });
-    assert!(shared.make_room());
+    assert_eq!(shared.make_room(), Room::Made);
     assert_eq!(ids(&shared), [3, 5, 6], "the oldest head goes");
     add(
         &shared,
@@ -359,7 +362,7 @@ fn at_the_cap_silent_go_first_then_the_slowest_head_then_a_stalled_response() {
             since: Instant::now(),
         },
     );
-    assert!(shared.make_room());
+    assert_eq!(shared.make_room(), Room::Made);
     assert_eq!(ids(&shared), [3, 6, 7], "then the last head");
     // Then a response the peer has taken longer than the request deadline over, the longest first;
     // one within it is never dropped.
@@ -370,7 +373,7 @@ fn at_the_cap_silent_go_first_then_the_slowest_head_then_a_stalled_response() {
             since: Instant::now(),
         },
     );
-    assert!(shared.make_room());
+    assert_eq!(shared.make_room(), Room::Made);
     assert_eq!(ids(&shared), [6, 7, 8], "the response going the longest");
     add(
         &shared,
@@ -379,7 +382,7 @@ fn at_the_cap_silent_go_first_then_the_slowest_head_then_a_stalled_response() {
             since: Instant::now(),
         },
     );
-    assert!(shared.make_room());
+    assert_eq!(shared.make_room(), Room::Made);
     assert_eq!(ids(&shared), [7, 8, 9]);
     add(
         &shared,
@@ -388,8 +391,9 @@ fn at_the_cap_silent_go_first_then_the_slowest_head_then_a_stalled_response() {
             since: Instant::now(),
         },
     );
-    assert!(
-        !shared.make_room(),
+    assert_eq!(
+        shared.make_room(),
+        Room::Full,
         "nothing may be dropped: refuse the newcomer"
     );
     assert_eq!(ids(&shared), [7, 8, 9, 10]);
@@ -434,7 +438,7 @@ fn a_request_still_in_the_kernel_is_seen_before_a_drop() {
         c.fd.set(Some(server.as_raw_fd()));
         pairs.push((client, server));
     }
-    assert!(shared.make_room());
+    assert_eq!(shared.make_room(), Room::Made);
     assert_eq!(ids(&shared), [1, 2], "the silent one goes");
     let phase = |id| shared.conns.borrow()[&id].phase.get();
     assert!(matches!(phase(1), Phase::Silent { .. }), "{:?}", phase(1));
@@ -448,7 +452,7 @@ fn a_request_still_in_the_kernel_is_seen_before_a_drop() {
             since: Instant::now(),
         },
     );
-    assert!(shared.make_room());
+    assert_eq!(shared.make_room(), Room::Made);
     assert_eq!(ids(&shared), [1, 2]);
     add(
         &shared,
@@ -457,7 +461,7 @@ fn a_request_still_in_the_kernel_is_seen_before_a_drop() {
             since: Instant::now(),
         },
     );
-    assert!(shared.make_room());
+    assert_eq!(shared.make_room(), Room::Made);
     assert_eq!(ids(&shared), [1, 5]);
     add(
         &shared,
@@ -466,7 +470,7 @@ fn a_request_still_in_the_kernel_is_seen_before_a_drop() {
             since: Instant::now(),
         },
     );
-    assert!(!shared.make_room());
+    assert_eq!(shared.make_room(), Room::Full);
     assert_eq!(ids(&shared), [1, 5, 6]);
 }
 
@@ -492,8 +496,87 @@ fn a_slowloris_byte_still_in_the_kernel_does_not_make_it_a_request() {
         },
     );
     c.fd.set(Some(server.as_raw_fd()));
-    assert!(shared.make_room());
+    assert_eq!(shared.make_room(), Room::Made);
     assert!(ids(&shared).is_empty());
+}
+
+#[test]
+fn fresh_silent_connections_get_time_to_speak() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut shared = shared_with_cap(2);
+    shared.limits.fresh = PATIENCE;
+    let mut pairs = Vec::new();
+    let mut pair = || {
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (client, server)
+    };
+    // Two connections that have not spoken since their handshake: neither may go yet.
+    for id in [1, 2] {
+        let (client, server) = pair();
+        add(
+            &shared,
+            id,
+            Phase::Silent {
+                since: Instant::now(),
+            },
+        )
+        .fd
+        .set(Some(server.as_raw_fd()));
+        pairs.push((client, server));
+    }
+    match shared.make_room() {
+        Room::Wait(left) => assert!(left <= PATIENCE, "{left:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(ids(&shared), [1, 2]);
+    // A reader goes before them, however new.
+    shared.conns.borrow_mut().remove(&2);
+    add(
+        &shared,
+        3,
+        Phase::Reading {
+            since: Instant::now(),
+        },
+    );
+    assert_eq!(shared.make_room(), Room::Made);
+    assert_eq!(ids(&shared), [1]);
+    // Past its time to speak (here none), a silent one goes.
+    add(
+        &shared,
+        4,
+        Phase::Serving {
+            since: Instant::now(),
+        },
+    );
+    shared.limits.fresh = Duration::ZERO;
+    assert_eq!(shared.make_room(), Room::Made);
+    assert_eq!(ids(&shared), [4]);
+}
+
+#[test]
+fn a_scrape_that_speaks_late_survives_a_flood_of_silent_connections() {
+    // The scrape connects, then is slow to send its request (a client descheduled between its
+    // connect and its write); meanwhile 40 silent connections arrive at a cap of 4. It has `fresh`
+    // (here 2 s) to speak: it is not dropped as the oldest silent connection.
+    let addr = start(Limits {
+        fresh: Duration::from_secs(2),
+        ..limits()
+    });
+    let mut scrape = connect(addr);
+    let silent: Vec<TcpStream> = (0..40).map(|_| connect(addr)).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    scrape
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut resp = Vec::new();
+    let r = scrape.read_to_end(&mut resp);
+    assert!(
+        r.is_ok() && resp.starts_with(b"HTTP/1.1 200") && resp.ends_with(b"hello 1\n"),
+        "{r:?} {:?}",
+        String::from_utf8_lossy(&resp)
+    );
+    drop(silent);
 }
 
 #[test]
