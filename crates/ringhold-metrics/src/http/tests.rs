@@ -506,7 +506,7 @@ fn fresh_silent_connections_get_time_to_speak() {
     let mut shared = shared_with_cap(2);
     shared.limits.fresh = PATIENCE;
     let mut pairs = Vec::new();
-    let mut pair = || {
+    let pair = || {
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
         (client, server)
