@@ -11,15 +11,18 @@
 //!   after [`Limits::keep_alive_idle`];
 //! - at most [`Limits::max_connections`] admin connections. When a new one arrives at the cap, one is
 //!   dropped, in this order: a silent one (no request byte since it connected or since its last
-//!   response was written out), silent the longest first; then one whose request head is still
+//!   response was written out) once the kernel has received nothing from it for [`Limits::fresh`]
+//!   (a client may be descheduled between its connect and its request), silent the longest first;
+//!   then one whose request head is still
 //!   arriving, arriving the longest first (slowloris: a real client's head comes at once); then one
 //!   whose response the peer has been taking for longer than [`Limits::request_deadline`], the
 //!   longest first. A connection with a complete request in hand is never dropped for a newcomer:
 //!   one being answered, or whose request is still unread in the kernel (a candidate's receive
 //!   queue is peeked at before it is dropped: its task may not have run since its request came). If
-//!   every connection has a request in hand, the newcomer is refused (closed at once) instead. The
-//!   accept loop yields after each accept, so the new connection's task reads what has arrived
-//!   before the next one is accepted.
+//!   every connection has a request in hand, the newcomer is refused (closed at once) instead; if
+//!   only fresh silent ones could go, it waits until one may (the connections behind it wait in the
+//!   kernel's backlog, where they age). The accept loop yields after each accept, so the new
+//!   connection's task reads what has arrived before the next one is accepted.
 //!
 //! At the process's descriptor limit (the shards take every descriptor they can) a spare descriptor,
 //! opened at start, is given up to accept a scrape and taken back when that connection ends.
