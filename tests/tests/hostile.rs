@@ -12,7 +12,9 @@
 //!   prefix of what they sent, then EOF, and the server keeps reading (and discarding) what they send
 //!   after its FIN until theirs — no reset; an idle close lingers the same way, and a peer that never
 //!   closes is let go after `--linger-timeout`;
-//! - `--max-conn-rate` holds for the listen address whatever `--shards` is.
+//! - `--max-conn-rate` holds for the listen address whatever `--shards` is;
+//! - the metrics port behind a slowloris that reconnects whenever it is dropped answers every scrape
+//!   (a complete request is never what the admin connection cap drops).
 //!
 //! Time is asserted only as a lower bound set by a server limit, or as a generous liveness bound
 //! (a round trip that takes longer than 5 s, scaled, is a starved client, not a slow machine); every
@@ -886,37 +888,6 @@ fn max_conn_rate_is_per_listen_address(engine: Engine) {
     }
 }
 
-/// Tests that show a server bug: they assert the behaviour issue 11 asks for and are ignored until
-/// the bug is fixed (`cargo test --release -p ringhold-tests --test hostile -- --ignored`). Where
-/// only one engine has the bug, the other engine's half runs as usual.
-mod bugs {
-    use ringhold_tests::{run_on, Engine};
-
-    macro_rules! ignored_on_both {
-        ($why:literal, $name:ident) => {
-            pub mod $name {
-                use super::*;
-                #[test]
-                #[ignore = $why]
-                fn uring() {
-                    run_on(Engine::Uring, stringify!($name), super::super::$name);
-                }
-                #[test]
-                #[ignore = $why]
-                fn epoll() {
-                    run_on(Engine::Epoll, stringify!($name), super::super::$name);
-                }
-            }
-        };
-    }
-    ignored_on_both!(
-        "BUG: behind a slowloris that reconnects whenever dropped (1,000 connections, cap 32), about \
-         2 % of scrapes are reset: a connection that sent a complete request is dropped as the \
-         oldest idle one before its request is read",
-        scrapes_survive_a_reconnecting_slowloris
-    );
-}
-
 both_engines!(
     writers_do_not_starve_a_well_behaved_client,
     writers_outnumbering_the_pool_do_not_starve_a_well_behaved_client,
@@ -926,4 +897,5 @@ both_engines!(
     idle_close_sends_fin_and_lingers,
     lingering_is_bounded_even_if_the_peer_keeps_sending,
     max_conn_rate_is_per_listen_address,
+    scrapes_survive_a_reconnecting_slowloris,
 );
