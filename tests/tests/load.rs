@@ -441,8 +441,11 @@ fn two_loads_sum_exactly_in_prometheus(engine: Engine) {
 
     // The runs end by themselves; the final counts stay served (--metrics-linger) and get scraped.
     for l in &loads {
+        // The report goes to stdout and the linger line to stderr: two pipes, read apart, so
+        // wait for both (one can be captured before the other).
         let ended = wait_until(run + secs(30), || {
-            l.log().contains("serving the final metrics")
+            let log = l.log();
+            log.contains("serving the final metrics") && log.contains("  result ")
         });
         assert!(ended, "the run did not end: {}", l.log());
         assert!(l.log().contains("result         OK"), "{}", l.log());
