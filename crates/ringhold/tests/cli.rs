@@ -37,6 +37,7 @@ const FLAGS: &[(&str, &str)] = &[
     ("--completion-batch", "RINGHOLD_COMPLETION_BATCH"),
     ("--no-direct-descriptors", "RINGHOLD_NO_DIRECT_DESCRIPTORS"),
     ("--fixed-files", "RINGHOLD_FIXED_FILES"),
+    ("--park-after", "RINGHOLD_PARK_AFTER"),
     ("--max-conn-rate", "RINGHOLD_MAX_CONN_RATE"),
     ("--rate-limit", "RINGHOLD_RATE_LIMIT"),
     ("--message-rate", "RINGHOLD_MESSAGE_RATE"),
