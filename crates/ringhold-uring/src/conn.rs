@@ -99,12 +99,24 @@ impl State {
             // A fresh receive gets a whole sweep period before it may be parked.
             c.io |= bit::HEARD;
         }
-        let e = if parked || !multishot {
+        let e = if parked {
+            // A parked connection reads once per wake-up, then polls again. MSG_DONTWAIT: should
+            // the wake-up find nothing, the receive ends with EAGAIN instead of waiting with its
+            // async state, which parking is there to avoid.
+            with_fd!(self.direct, id.idx, |f| opcode::Recv::new(
+                f,
+                std::ptr::null_mut(),
+                size
+            )
+            .flags(libc::MSG_DONTWAIT)
+            .buf_group(bgid)
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT))
+        } else if !multishot {
             // A multishot receive keeps filling buffers until its cancel lands, so a pause would take
             // effect only after ~100 more reads (measured: 26 pauses of ~190 KiB each for 5 MiB at
             // 1 MiB/s), --check-every would mean nothing, and with buffers short, peers that never read
-            // would take the reserve meant for those that hold none. A parked connection reads once
-            // per wake-up, then polls again.
+            // would take the reserve meant for those that hold none.
             with_fd!(self.direct, id.idx, |f| opcode::Recv::new(
                 f,
                 std::ptr::null_mut(),
@@ -186,7 +198,9 @@ impl State {
             match -res {
                 0 => self.machine.peer_fin(t.slot, t.gen, now_ms),
                 libc::ENOBUFS => self.machine.no_buffer(t.slot, t.gen),
-                libc::ECANCELED => {}
+                // ECANCELED: stopped or being parked; EAGAIN: a parked connection's wake-up found
+                // nothing (it polls again; woken again within the sweep period, it is unparked).
+                libc::ECANCELED | libc::EAGAIN => {}
                 errno => self.machine.failed(t.slot, t.gen, errno),
             }
         }

@@ -20,9 +20,9 @@
 //!   armed per connection. Stale completions are dropped by the generation in `user_data`.
 //! - **Waking.** A parked connection's poll (POLLIN | POLLRDHUP; the kernel adds POLLERR | POLLHUP)
 //!   completes when bytes, a FIN or an error arrive; the engine then reads once with a single-shot
-//!   receive (which finds the bytes at once, so it never waits with async state) and polls again. A
-//!   connection woken twice within one sweep period is busy again: it is unparked, and its multishot
-//!   receive is re-armed. (Measured against re-arming the multishot receive on every wake-up: see
+//!   receive (`MSG_DONTWAIT`: it finds the bytes at once, or ends with EAGAIN, and never waits with
+//!   async state) and polls again. A connection woken twice within one sweep period is busy again: it
+//!   is unparked, and its multishot receive is re-armed. (Measured against re-arming the multishot receive on every wake-up: see
 //!   bench/results/2026-11-29-vm-park.)
 //! - **The machine's actions** are unchanged: `Recv` arms the poll of a parked connection, `StopRecv`
 //!   and `Close` cancel whichever operation is armed (`POLL` says which); a closing connection may
@@ -104,9 +104,10 @@ impl State {
             // Stopped (the machine stopped reading): re-armed when it reads again.
             return self.arm(io, id, false);
         }
-        // Readable, or a poll error: the receive reports what there is (bytes, FIN, the error).
+        // Readable (bytes, a FIN, an error: the receive reports which). A poll that failed unparks
+        // the connection, so that a poll the kernel refuses cannot turn into a loop of wake-ups.
         let parked = c.io & bit::PARKED != 0;
-        let busy = c.io & bit::HEARD != 0 || self.wake_mode == WakeMode::Multishot;
+        let busy = c.io & bit::HEARD != 0 || res < 0 || self.wake_mode == WakeMode::Multishot;
         let mut read_now = true;
         if parked && busy {
             // Woken twice within one sweep period: busy again.
