@@ -135,6 +135,7 @@ fn bad_flag_values_are_one_line_errors() {
         (&["--tcp-keepalive", "1s"], "--tcp-keepalive"),
         (&["--max-connections=-1"], "--max-connections"),
         (&["--rate-limit", "fast"], "--rate-limit"),
+        (&["--park-after", "1ms"], "--park-after"),
     ];
     for (args, what) in cases {
         let mut c = ringhold();
