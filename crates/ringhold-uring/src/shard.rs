@@ -17,7 +17,7 @@ use ringhold_core::{EngineConfig, Flush, Machine, ShardSpec, Shared};
 use tracing::{debug, info, warn};
 
 use crate::bufring::BufRing;
-use crate::park::{Sweep, WakeMode};
+use crate::park::Sweep;
 use crate::ring::{self, Io};
 use crate::token::{Op, Token};
 
@@ -59,7 +59,6 @@ pub(crate) struct State {
     batch: Option<ring::Batch>,
     /// The park sweep (`--park-after`), unless parking is off.
     pub(crate) sweep: Option<Sweep>,
-    pub(crate) wake_mode: WakeMode,
 }
 
 impl Shard {
@@ -139,10 +138,6 @@ impl Shard {
             last_flush: now,
             batch,
             sweep: Sweep::new(cfg_park_after),
-            wake_mode: match std::env::var("RINGHOLD_PARK_WAKE").as_deref() {
-                Ok("multishot") => WakeMode::Multishot,
-                _ => WakeMode::Read,
-            },
         };
         Ok(Shard { ring, st })
     }
