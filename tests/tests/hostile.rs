@@ -99,7 +99,8 @@ fn writers_do_not_starve_a_well_behaved_client(engine: Engine) {
 
 /// The same with four times fewer buffers: the writers outnumber the pool three to one, so every
 /// buffer can be held by a writer whose echo never leaves, and receives wait for a buffer in turn.
-/// A well-behaved client must still be served (the reserve is for connections holding no buffer).
+/// A well-behaved client must still be served: under that pressure the writers that have read
+/// nothing for longest are closed (`reason="buffer_pressure"`) and their buffers go to the waiters.
 fn writers_outnumbering_the_pool_do_not_starve_a_well_behaved_client(engine: Engine) {
     starvation(engine, POOL / 4);
 }
@@ -112,7 +113,8 @@ fn starvation(engine: Engine, pool: usize) {
     };
     let _g = serial();
     // --send-timeout 0: the writers must stay for the whole test, however slow the machine (at the
-    // default 60 s the server would let them go and relieve the pressure itself).
+    // default 60 s the server would let them go and relieve the pressure itself). Only buffer
+    // pressure may close them, and only when they outnumber the pool.
     let server = Server::builder(engine)
         .shards(SHARDS as u16)
         .args(["--buffers", &pool.to_string(), "--send-timeout", "0"])
@@ -198,6 +200,18 @@ fn starvation(engine: Engine, pool: usize) {
                 ["connected before the writers", "connected under pressure"][k]
             );
         }
+    }
+    let pressure_closes = metric(
+        &server,
+        "ringhold_closes_total",
+        &[("reason", "buffer_pressure")],
+    );
+    if pool * SHARDS < WRITERS {
+        assert!(
+            pressure_closes.is_some_and(|v| v > 0.0),
+            "writers outnumber the pool and the clients were served, yet none was closed for buffer \
+             pressure: {pressure_closes:?}"
+        );
     }
     // The pool may grow, but never past --buffers per shard.
     assert!(
@@ -896,12 +910,6 @@ mod bugs {
         };
     }
     ignored_on_both!(
-        "BUG: when non-reading writers outnumber --buffers, they hold every buffer (the reserve \
-         too: each takes its first) until --send-timeout, and a well-behaved client waits behind \
-         them for a buffer: no echo",
-        writers_outnumbering_the_pool_do_not_starve_a_well_behaved_client
-    );
-    ignored_on_both!(
         "BUG: behind a slowloris that reconnects whenever dropped (1,000 connections, cap 32), about \
          2 % of scrapes are reset: a connection that sent a complete request is dropped as the \
          oldest idle one before its request is read",
@@ -911,6 +919,7 @@ mod bugs {
 
 both_engines!(
     writers_do_not_starve_a_well_behaved_client,
+    writers_outnumbering_the_pool_do_not_starve_a_well_behaved_client,
     a_connection_we_stopped_reading_is_not_idle,
     send_timeout_closes_only_the_peer_that_reads_nothing,
     sigterm_lingers_until_every_peer_is_done,

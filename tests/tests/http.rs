@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ringhold_tests::net::{read_end, End};
 use ringhold_tests::tools::require;
@@ -271,62 +271,90 @@ fn scratch(name: &str, engine: Engine) -> PathBuf {
     d
 }
 
-/// Seconds since the epoch of an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), or `None`.
-fn parse_imf_fixdate(v: &str) -> Option<i64> {
-    let b = v.as_bytes();
-    if b.len() != 29 || &v[3..5] != ", " || !v.ends_with(" GMT") {
+/// Seconds since the epoch of a `Date` value, which must be an IMF-fixdate (`Sun, 06 Nov 1994
+/// 08:49:37 GMT`): httpdate parses it, and formatting the result again must give the same text
+/// (httpdate also accepts the obsolete formats, which a server must not send).
+fn parse_imf_fixdate(v: &str) -> Option<u64> {
+    let t = httpdate::parse_http_date(v).ok()?;
+    if httpdate::fmt_http_date(t) != v {
         return None;
     }
-    let num = |r: std::ops::Range<usize>| v.get(r)?.parse::<i64>().ok();
-    let day = num(5..7)?;
-    let month = 1 + [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ]
-    .iter()
-    .position(|m| v.get(8..11) == Some(*m))? as i64;
-    let year = num(12..16)?;
-    let (h, mi, sec) = (num(17..19)?, num(20..22)?, num(23..25)?);
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + h * 3600 + mi * 60 + sec)
+    Some(t.duration_since(UNIX_EPOCH).ok()?.as_secs())
 }
 
-/// `Date` is a valid IMF-fixdate near the test's clock (the shard refreshes it about once a second),
-/// and it moves on: a later request on the same idle connection gets a later one.
-fn date_header_is_current_and_ticks(engine: Engine) {
+/// The client's clock, as seconds since the epoch with a fraction.
+fn wall_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
+}
+
+/// `Date` is the second the response was made in, on every request, across several seconds.
+///
+/// Requests go out on one keep-alive connection (and on a fresh one each second, whose first answer
+/// must be current too), twice per second of the client's clock: soon after the second changes, where
+/// a stale cache shows, and near its end. `sent` is the client's clock just before the write,
+/// `received` just after the answer is read; the server makes the answer in between, so a current
+/// `Date` is at least `floor(sent)` and at most `floor(received)`. Asserted: `Date` within
+/// `floor(sent - SLACK) ..= floor(received)`, and never below `floor(sent) - 1` (the hard bound).
+/// `SLACK` (100 ms, scaled by RINGHOLD_TEST_TIMEOUT_SCALE, at most 900 ms) covers the server's coarse
+/// clock (one kernel tick behind) and a loop turn that read the clock before the request arrived and
+/// then read the request too; the server has nothing else to do here, so its turns are short. Sending
+/// just after `SLACK` into a second makes the check bite: a `Date` refreshed on a one-second tick
+/// instead of when the second changes (the bug this test was written for) is still the previous
+/// second there most of the time. No timing is asserted: a slow machine only moves `received` later.
+fn date_header_is_the_current_second(engine: Engine) {
+    let slack = scaled(Duration::from_millis(100))
+        .min(Duration::from_millis(900))
+        .as_secs_f64();
     let server = start(engine, &[]);
     let mut c = Raw::connect(&server);
-    let date = |c: &mut Raw| -> i64 {
+    let ask = |c: &mut Raw, what: &str| {
+        let sent = wall_now();
         c.send(&get_req("/?length=1"));
         let r = c.response(false).expect("answer");
-        let d = r.header("date").expect("Date").to_string();
-        parse_imf_fixdate(&d).unwrap_or_else(|| panic!("Date {d:?} is not an IMF-fixdate"))
+        let received = wall_now();
+        assert_eq!(r.status, 200, "{what}: {r:?}");
+        let v = r.header("date").expect("Date").to_string();
+        let date = parse_imf_fixdate(&v)
+            .unwrap_or_else(|| panic!("{what}: Date {v:?} is not an IMF-fixdate"));
+        let hard = sent.floor() as u64 - 1;
+        assert!(
+            date >= hard,
+            "{what}: Date {v:?} is more than a second behind (sent at {sent:.3})"
+        );
+        let (lo, hi) = ((sent - slack).floor() as u64, received.floor() as u64);
+        assert!(
+            (lo..=hi).contains(&date),
+            "{what}: Date {v:?} ({date}) outside {lo}..={hi} (sent at {sent:.3}, received at \
+             {received:.3}, slack {slack:.3} s)"
+        );
+        date
     };
-    let now = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_secs() as i64
-    };
-    let first = date(&mut c);
-    let slack = secs(5).as_secs() as i64;
-    let skew = now() - first;
+    let offsets = [(slack + 0.05).min(0.95), 0.95];
+    let mut dates = Vec::new();
+    for round in 0..8 {
+        for offset in offsets {
+            let now = wall_now();
+            let mut at = now.floor() + offset;
+            if at <= now {
+                at += 1.0;
+            }
+            thread::sleep(Duration::from_secs_f64(at - now));
+            dates.push(ask(&mut c, &format!("round {round} at +{offset:.2} s")));
+        }
+        let mut fresh = Raw::connect(&server);
+        ask(&mut fresh, &format!("round {round}, a new connection"));
+    }
     assert!(
-        (-1..=slack).contains(&skew),
-        "Date is {skew} s behind the clock (allowed: up to {slack})"
+        dates.windows(2).all(|w| w[0] <= w[1]),
+        "Date went backwards: {dates:?}"
     );
-    let mut last = first;
-    let moved = ringhold_tests::wait_until(secs(10), || {
-        last = date(&mut c);
-        last > first
-    });
-    assert!(moved, "Date stayed at {first} for 10 s (last {last})");
+    assert!(
+        dates.last() > dates.first(),
+        "Date never moved on in eight seconds: {dates:?}"
+    );
 }
 
 // --- curl -------------------------------------------------------------------------------------------
@@ -696,16 +724,23 @@ fn go_net_http_1000_goroutines(engine: Engine) {
     let new = s["new_conns"].as_u64().unwrap_or(u64::MAX);
     assert!(new <= 1000, "at most one connection per goroutine: {s}");
     assert_eq!(s["reused"].as_u64(), Some(20_000 - new), "{s}");
-    assert_eq!(
-        s["early_closes"].as_u64(),
-        Some(0),
-        "no connection was closed: {s}"
+    // The server closed nothing (checked below from its own counters). The client may close a
+    // connection of its own accord: on a loaded machine Go's transport now and then closes a
+    // connection whose dial completed just as the request that wanted it was served (seen once in
+    // a stress run: 1 early close, 1001 dials). A server that sent bytes on an idle connection would
+    // make Go close it too, so that is ruled out by name, and such closes stay rare.
+    let stderr = text(&out.stderr);
+    assert!(
+        !stderr.contains("Unsolicited response"),
+        "the server sent bytes on an idle connection: {stderr}"
     );
+    let early = s["early_closes"].as_u64().unwrap_or(u64::MAX);
+    assert!(early <= 10, "connections closed before the end: {s}");
     // Every connection the client opened was accepted (and a dial the client cancelled may have
-    // been too); every close the server saw was the client's, at its exit.
+    // been too); every close the server saw was the client's.
     let dials = s["dials"].as_u64().unwrap_or(0) as f64;
     let dial_errors = s["dial_errors"].as_u64().unwrap_or(0) as f64;
-    assert!(dials <= 1000.0, "{s}");
+    assert!(dials <= 1000.0 + early as f64, "{s}");
     let mut last = None;
     let settled = ringhold_tests::wait_until(secs(10), || {
         let Some(m) = server.scrape() else {
@@ -797,6 +832,83 @@ fn chunked_body_echoed_chunked(engine: Engine) {
     c.send(&get_req("/?length=9"));
     let r = c.response(false).expect("GET after the chunked echo");
     assert_eq!((r.status, r.body.len()), (200, 9));
+}
+
+/// Chunked uploads with broken framing. A malformed first chunk-size line (whole, or written a byte
+/// at a time) gets 400 with `Connection: close` and no 200 before it, then EOF, not RST. Framing that
+/// breaks after the 200 and some echoed chunks went out: the echo stops before the bad size line and
+/// never has a last chunk (a chunked reader hits EOF inside the body), then EOF, not RST.
+fn chunked_malformed_framing(engine: Engine) {
+    let server = start(engine, &[]);
+    let head = b"POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let cases: [(&str, &[u8], bool); 4] = [
+        ("garbage size", b"zz\r\n", false),
+        ("garbage size, a byte per write", b"zz\r\n", true),
+        ("bare LF, a byte per write", b"4\nabcd", true),
+        (
+            "control byte in an extension, a byte per write",
+            b"3;ext\x01\r\n",
+            true,
+        ),
+    ];
+    for (what, line, bytewise) in cases {
+        let mut c = Raw::connect(&server);
+        c.send(head);
+        if bytewise {
+            for b in line {
+                c.send(std::slice::from_ref(b));
+            }
+        } else {
+            c.send(line);
+        }
+        let r = c
+            .response(false)
+            .unwrap_or_else(|e| panic!("{what}: no answer: {e}"));
+        assert_eq!(r.status, 400, "{what}: {r:?}");
+        assert!(r.closes(), "{what}: {r:?}");
+        assert_eq!(c.end(), End::Eof, "{what}: a clean close (FIN), not RST");
+        let _ = c.stream().shutdown(Shutdown::Write);
+    }
+
+    let mut c = Raw::connect(&server);
+    c.send(head);
+    c.send(b"5;x=y\r\nhello\r\n");
+    let h = c.read_head().expect("the 200 head");
+    assert!(h.starts_with(b"HTTP/1.1 200 OK\r\n"), "{:?}", text(&h));
+    assert!(
+        text(&h).contains("Transfer-Encoding: chunked\r\n"),
+        "{:?}",
+        text(&h)
+    );
+    let mut first = [0u8; 14];
+    c.r.read_exact(&mut first).expect("the first chunk echoed");
+    assert_eq!(&first, b"5;x=y\r\nhello\r\n");
+    // Another good chunk, then a bad size line: the good one comes back, nothing after it.
+    c.send(b"3\r\nabc\r\n1x\r\n0\r\n\r\n");
+    let mut rest = Vec::new();
+    let end = c.r.read_to_end(&mut rest);
+    assert!(
+        end.is_ok(),
+        "the connection ends with a FIN, not an RST: {end:?}"
+    );
+    assert_eq!(
+        text(&rest),
+        "3\r\nabc\r\n",
+        "the echo after the first chunk"
+    );
+    let _ = c.stream().shutdown(Shutdown::Write);
+    server.expect_metric(
+        "ringhold_closes_total",
+        &[("reason", "protocol_error")],
+        "one protocol_error close per broken upload",
+        |v| v == 5.0,
+    );
+    server.expect_metric(
+        "ringhold_closes_total",
+        &[("reason", "reset")],
+        "no reset",
+        |v| v == 0.0,
+    );
 }
 
 /// A request written one byte per write parses as if it came whole (twice on one connection).
@@ -923,6 +1035,16 @@ fn error_statuses_then_clean_close(engine: Engine) {
             501,
             "unknown method",
             b"BREW /pot HTTP/1.1\r\nHost: h\r\n\r\n".to_vec(),
+        ),
+        (
+            400,
+            "malformed first chunk-size line",
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec(),
+        ),
+        (
+            413,
+            "first chunk over --max-body-size",
+            b"PUT / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2000\r\n".to_vec(),
         ),
     ];
     let trailing = Pattern::bytes(9, 64 * 1024);
@@ -1184,6 +1306,7 @@ both_engines!(
     go_net_http_1000_goroutines,
     pipelining_in_order,
     chunked_body_echoed_chunked,
+    chunked_malformed_framing,
     request_split_at_every_byte,
     expect_100_continue,
     http10_and_connection_close,
@@ -1191,5 +1314,5 @@ both_engines!(
     idle_keep_alive_closed_by_idle_timeout,
     byte_counters_match_the_wire,
     concurrent_keep_alive_connections,
-    date_header_is_current_and_ticks,
+    date_header_is_the_current_second,
 );

@@ -63,7 +63,7 @@ const NAMES: [&str; 36] = [
     "ringhold_metrics_scrapes_total",
 ];
 
-const CLOSE_REASONS: [&str; 8] = [
+const CLOSE_REASONS: [&str; 9] = [
     "peer_closed",
     "reset",
     "idle_timeout",
@@ -72,6 +72,7 @@ const CLOSE_REASONS: [&str; 8] = [
     "limit",
     "send_timeout",
     "protocol_error",
+    "buffer_pressure",
 ];
 const REJECT_REASONS: [&str; 4] = [
     "max_connections",

@@ -245,8 +245,9 @@ fn node_close_code_echoed(engine: Engine) {
     }
 }
 
-/// A text message that is not UTF-8 ends the connection with 1007 (which side says it first: see
-/// [`raw_invalid_utf8_is_not_echoed`]).
+/// A text message that is not UTF-8 ends the connection with the server's close 1007, and nothing of
+/// it comes back (python `websockets` would fail the connection itself, with its own 1007, on an
+/// echo that is not UTF-8).
 fn python_invalid_utf8_fails_with_1007(engine: Engine) {
     let mut server = Server::start(engine, &["--protocol", "websocket"]);
     let Some((_, j)) = scenario(
@@ -259,10 +260,8 @@ fn python_invalid_utf8_fails_with_1007(engine: Engine) {
         return;
     };
     assert_eq!(j["ok"], true, "{j}");
-    assert!(
-        j["rcvd"] == 1007 || j["sent"] == 1007,
-        "the connection did not end with 1007: {j}"
-    );
+    assert_eq!(j["rcvd"], 1007, "the server's close 1007: {j}");
+    assert_eq!(j["got_message"], false, "no echo of the invalid text: {j}");
     server.assert_running();
 }
 
@@ -278,13 +277,10 @@ fn node_invalid_utf8_fails_with_1007(engine: Engine) {
         return;
     };
     assert_eq!(j["ok"], true, "{j}");
-    // node `ws` reports the server's 1007, or fails the connection itself on the invalid echo
+    // The server's 1007; node `ws` would fail the connection itself on an echo that is not UTF-8
     // (close code 1006 locally, error "invalid UTF-8 sequence").
-    let seen = j["error_seen"].as_str().unwrap_or("");
-    assert!(
-        j["close_code"] == 1007 || seen.contains("UTF-8"),
-        "the connection did not end over invalid UTF-8: {j}"
-    );
+    assert_eq!(j["close_code"], 1007, "the server's close 1007: {j}");
+    assert!(j["error_seen"].is_null(), "no client-side error: {j}");
     server.assert_running();
 }
 
@@ -496,8 +492,8 @@ fn raw_invalid_utf8_gets_1007(engine: Engine) {
 /// that finds it is not fails the connection; so the server must not send the invalid bytes back as
 /// a text frame of its own (a strict client then fails the connection itself, on the server's frame:
 /// python `websockets` sends 1007 and never sees the server's; node `ws` reports "invalid UTF-8
-/// sequence" and closes with 1006). The whole frame is in one read here, so nothing forces the echo
-/// to start before the check.
+/// sequence" and closes with 1006). Text is checked before it is echoed, in chunks of 4 KiB: here
+/// only a close 1007 comes back.
 fn raw_invalid_utf8_is_not_echoed(engine: Engine) {
     let mut server = Server::start(engine, &["--protocol", "websocket"]);
     let mut ws = RawWs::open(&server);
@@ -507,6 +503,51 @@ fn raw_invalid_utf8_is_not_echoed(engine: Engine) {
         frames.iter().map(|f| f.opcode).collect::<Vec<_>>(),
         [OP_CLOSE],
         "only a close 1007, no echo of the invalid text: {frames:?}"
+    );
+    assert_eq!(frames[0].close_code(), Some(1007));
+    server.assert_running();
+}
+
+/// A text message whose valid start (10 000 B, characters of 1 to 4 bytes, longer than one read)
+/// is echoed, in fragments that are each UTF-8 on their own (4 KiB text chunks; a character cut by a
+/// chunk goes with the next fragment); then a continuation with a surrogate in it, written in two
+/// pieces cut inside the bad sequence: nothing of it comes back, only a close 1007, then EOF.
+fn raw_invalid_utf8_after_valid_text_across_reads(engine: Engine) {
+    let mut server = Server::start(engine, &["--protocol", "websocket"]);
+    let mut ws = RawWs::open(&server);
+    // 10 bytes a cycle: the first 9 999 bytes end inside "𝄞", 3 of its 4 bytes in.
+    let text: String = "a€ñ𝄞".chars().cycle().take(4000).collect();
+    let start = &text.as_bytes()[..9_999];
+    ws.send(&masked(false, OP_TEXT, start));
+    let mut back = Vec::new();
+    // Its whole characters come back before the rest of the message is seen.
+    let whole = start.len() - 3;
+    while back.len() < whole {
+        let f = ws.frame().expect("an echo fragment");
+        assert!(!f.fin, "{f:?}");
+        let want_op = if back.is_empty() { OP_TEXT } else { OP_CONT };
+        assert_eq!(f.opcode, want_op, "{f:?}");
+        assert!(
+            std::str::from_utf8(&f.payload).is_ok(),
+            "an echo fragment that is not UTF-8 on its own: {} B",
+            f.payload.len()
+        );
+        back.extend_from_slice(&f.payload);
+    }
+    assert_eq!(back, start[..whole]);
+    let mut rest = text.as_bytes()[9_999..10_000].to_vec();
+    rest.extend_from_slice(" ok \u{e9}".as_bytes());
+    let at = rest.len();
+    rest.extend_from_slice(b"\xed\xa0\x80 never echoed");
+    let f = masked(true, OP_CONT, &rest);
+    let cut = f.len() - rest.len() + at + 2; // inside the surrogate
+    ws.send(&f[..cut]);
+    ws.send(&f[cut..]);
+    let frames = ws.frames_to_eof(4);
+    assert_eq!(
+        frames.iter().map(|f| f.opcode).collect::<Vec<_>>(),
+        [OP_CLOSE],
+        "only a close 1007, no echo of the invalid fragment: {frames:?}"
     );
     assert_eq!(frames[0].close_code(), Some(1007));
     server.assert_running();
@@ -619,11 +660,12 @@ fn raw_close_handshake(engine: Engine) {
 /// handshake, messages of 0 B to 70 000 B (all three length encodings), a fragmented message, a ping
 /// and a close handshake; `ringhold_bytes_received_total` must equal every byte the clients wrote and
 /// `ringhold_bytes_sent_total` every byte they read, and the WebSocket counters (upgrades, frames,
-/// messages, pings, pongs, closes) what the clients sent and got.
+/// messages, pings, pongs, closes) what the clients sent and got (frames out: every frame the clients
+/// read; text is echoed in fragments of 4 KiB, so the two long text messages come back in 16 and 18).
 fn metrics_bytes_match_the_wire(engine: Engine) {
     let server = Server::start(engine, &["--protocol", "websocket"]);
     let (mut written, mut read) = (0usize, 0usize);
-    let mut frames_in = 0;
+    let (mut frames_in, mut frames_out) = (0u32, 0usize);
     for i in 0..20usize {
         let mut ws = RawWs::open(&server);
         for (k, n) in [0usize, 1, 125, 126, 1000, 65535, 65536, 70_000]
@@ -660,11 +702,15 @@ fn metrics_bytes_match_the_wire(engine: Engine) {
         let end = ws.frames_to_eof(2);
         assert_eq!(close_codes(&end), [Some(1000)]);
         assert_eq!(end[0].wire, 4);
+        // 8 messages (text of 65 535 and 70 000 B in 16 and 18 fragments of at most 4096 B), 2
+        // fragments, a pong, a close.
+        assert_eq!(ws.frames_read, 6 + 16 + 18 + 2 + 1 + 1);
         written += ws.written;
         read += ws.read;
+        frames_out += ws.frames_read;
     }
     eprintln!(
-        "{}: {frames_in} client frames, {written} B written, {read} B read",
+        "{}: {frames_in} client frames, {frames_out} server frames, {written} B written, {read} B read",
         engine.name()
     );
     let (w, r) = (written as f64, read as f64);
@@ -680,18 +726,23 @@ fn metrics_bytes_match_the_wire(engine: Engine) {
         &format!("{read} (every byte the clients read)"),
         |v| v == r,
     );
-    // Per connection: 12 frames each way (8 messages, 2 fragments, a ping/pong, a close), 9
-    // messages each way, one ping in and one pong out, one close each way (code 1000).
+    // Per connection: 12 frames in (8 messages, 2 fragments, a ping, a close) and 44 out (the long
+    // text messages in fragments), 9 messages each way, one ping in and one pong out, one close each
+    // way (code 1000).
     let n = 20.0;
     /// A counter's name, labels and expected value.
     type Expected<'a> = (&'a str, &'a [(&'a str, &'a str)], f64);
     let counters: [Expected<'_>; 13] = [
         ("ringhold_ws_upgrades_total", &[], n),
-        ("ringhold_ws_frames_total", &[("direction", "in")], 12.0 * n),
+        (
+            "ringhold_ws_frames_total",
+            &[("direction", "in")],
+            f64::from(frames_in),
+        ),
         (
             "ringhold_ws_frames_total",
             &[("direction", "out")],
-            12.0 * n,
+            frames_out as f64,
         ),
         (
             "ringhold_ws_messages_total",
@@ -774,37 +825,11 @@ both_engines!(
     non_upgrade_get_gets_426,
     unmasked_frame_gets_1002,
     raw_invalid_utf8_gets_1007,
+    raw_invalid_utf8_is_not_echoed,
+    raw_invalid_utf8_after_valid_text_across_reads,
     raw_fragmented_message_over_the_limit_gets_1009,
     raw_silent_client_gets_ping_then_1001,
     raw_silent_client_is_closed_at_its_idle_timeout,
     raw_close_handshake,
     metrics_bytes_match_the_wire,
 );
-
-/// Tests that assert what RFC 6455 asks for and the server does not do yet: a text frame that is not
-/// UTF-8 is echoed before the close 1007 (see ringhold-core/src/ws). Run them with `-- --ignored`.
-/// (Two earlier ones — a silent client closed at --send-timeout instead of its idle timeout, io_uring
-/// sending a close frame's bytes from memory the output queue had moved — were fixed and run above.)
-mod bugs {
-    use super::*;
-
-    #[test]
-    #[ignore = "BUG: invalid UTF-8 in a text frame is echoed back in a text frame before the close 1007 (RFC 6455 §5.6/§8.1); strict clients then fail the connection on the server's frame"]
-    fn uring_raw_invalid_utf8_is_not_echoed() {
-        ringhold_tests::run_on(
-            Engine::Uring,
-            "raw_invalid_utf8_is_not_echoed",
-            raw_invalid_utf8_is_not_echoed,
-        );
-    }
-
-    #[test]
-    #[ignore = "BUG: invalid UTF-8 in a text frame is echoed back in a text frame before the close 1007 (RFC 6455 §5.6/§8.1); strict clients then fail the connection on the server's frame"]
-    fn epoll_raw_invalid_utf8_is_not_echoed() {
-        ringhold_tests::run_on(
-            Engine::Epoll,
-            "raw_invalid_utf8_is_not_echoed",
-            raw_invalid_utf8_is_not_echoed,
-        );
-    }
-}

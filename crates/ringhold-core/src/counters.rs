@@ -22,10 +22,13 @@ pub enum CloseReason {
     SendTimeout,
     /// The peer broke the protocol (the protocol answered with its own error first).
     ProtocolError,
+    /// Every buffer was held, connections waited for one, and this connection's peer had read
+    /// nothing for longest (at least a second): its buffers went to the waiters.
+    BufferPressure,
 }
 
 impl CloseReason {
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 9;
     pub const ALL: [CloseReason; Self::COUNT] = [
         CloseReason::PeerClosed,
         CloseReason::Reset,
@@ -35,6 +38,7 @@ impl CloseReason {
         CloseReason::Limit,
         CloseReason::SendTimeout,
         CloseReason::ProtocolError,
+        CloseReason::BufferPressure,
     ];
 
     pub fn label(self) -> &'static str {
@@ -47,6 +51,7 @@ impl CloseReason {
             CloseReason::Limit => "limit",
             CloseReason::SendTimeout => "send_timeout",
             CloseReason::ProtocolError => "protocol_error",
+            CloseReason::BufferPressure => "buffer_pressure",
         }
     }
 

@@ -35,8 +35,10 @@ pub enum Step {
     /// Everything handed in was consumed; read on.
     Continue,
     /// Bytes from `from` to the end of the input are an incomplete unit that can only be parsed whole
-    /// (an HTTP request head): keep them and hand them in again, followed by what arrives next, as one
-    /// slice. The protocol bounds how much it asks to be kept (its own header limit).
+    /// (an HTTP request head or chunk-size line, a WebSocket handshake, close frame or text chunk):
+    /// keep them and hand them in again, followed by what arrives next, as one slice (whose in-place
+    /// output the machine then copies). The protocol bounds how much it asks to be kept (its own
+    /// header limit, 4 KiB of text).
     Hold { from: usize },
     /// Send what was given, then close: shut down the write side and linger (the protocol already
     /// wrote its own error or close answer, if it has one). Input after this point is discarded.
@@ -57,7 +59,8 @@ pub enum Closing {
 /// Per-shard context a protocol may read while handling input (never per connection).
 #[derive(Clone, Copy, Debug)]
 pub struct Ctx<'a> {
-    /// Current `Date` header value, IMF-fixdate, refreshed by the shard about once a second.
+    /// Current `Date` header value, IMF-fixdate: the wall-clock second of the engine's loop turn that
+    /// handed the input in ([`crate::Machine::set_wall_clock`]).
     pub date: &'a [u8; 29],
 }
 

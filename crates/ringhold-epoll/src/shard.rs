@@ -7,9 +7,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
-use std::time::SystemTime;
 
-use ringhold_core::http::format_date;
 use ringhold_core::shared::log_second;
 use ringhold_core::{Action, EngineConfig, Flush, Id, Machine, RejectReason, ShardSpec, Shared};
 use tracing::{debug, warn};
@@ -99,7 +97,7 @@ impl ShardLoop {
             LISTENER,
         )?;
         let mut machine = Machine::new(&config, shared.clone());
-        machine.set_date(format_date(SystemTime::now()));
+        machine.set_wall_clock(sys::wall_second());
         let bufs = Buffers::new(
             config.buffers,
             config.buffer_size,
@@ -159,6 +157,8 @@ impl ShardLoop {
                 }
             };
             self.now_ms = self.clock.now_ms();
+            // Before anything this turn answers: `Date` shows the current second.
+            self.machine.set_wall_clock(sys::wall_second());
             let mut res = Ok(());
             for ev in &events[..n] {
                 let (bits, data) = (ev.events, ev.u64);
@@ -375,10 +375,9 @@ impl ShardLoop {
         self.apply();
     }
 
-    /// Flushes the counters and refreshes the `Date` header protocols send (about once a second).
+    /// Flushes the counters (about once a second).
     fn flush_counters(&mut self) {
         self.last_flush_ms = self.now_ms;
-        self.machine.set_date(format_date(SystemTime::now()));
         let c = self.machine.counters();
         (self.flush)(c);
     }

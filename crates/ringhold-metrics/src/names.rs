@@ -136,7 +136,7 @@ pub(crate) fn describe() {
     describe_counter!(
         CLOSES,
         Unit::Count,
-        "Connections closed by this shard, by reason (peer_closed, reset, idle_timeout, error, shutdown, limit, send_timeout, protocol_error); counted when the close starts."
+        "Connections closed by this shard, by reason (peer_closed, reset, idle_timeout, error, shutdown, limit, send_timeout, protocol_error, buffer_pressure); counted when the close starts."
     );
     describe_counter!(
         REJECTED,

@@ -78,6 +78,7 @@ impl State {
     pub(crate) fn arm(&mut self, io: &mut Io<'_>, id: Id, read_now: bool) -> io::Result<()> {
         let bgid = self.bufs.bgid();
         let size = self.cfg.buffer_size;
+        let cap = (self.machine.allowance().max(1) as u32).saturating_mul(size);
         if !self.machine.wants_read(id.idx, id.gen) {
             return Ok(());
         }
@@ -126,8 +127,16 @@ impl State {
             .build()
             .flags(squeue::Flags::BUFFER_SELECT))
         } else {
-            with_fd!(self.direct, id.idx, |f| opcode::RecvMulti::new(f, bgid)
-                .build())
+            let e = with_fd!(self.direct, id.idx, |f| opcode::RecvMulti::new(f, bgid)
+                .build());
+            // Capped at the connection's allowance of buffers' worth of bytes (Linux 6.17+): a fast
+            // sender cannot take more buffers than that before the machine sees them and pauses it;
+            // the receive then ends and is armed again.
+            if crate::probe::multishot_recv_cap() {
+                crate::probe::with_recv_cap(e, cap)
+            } else {
+                e
+            }
         };
         io.push(e.user_data(Token::new(Op::Recv, id.gen, id.idx).encode()))
     }

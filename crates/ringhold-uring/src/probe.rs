@@ -48,3 +48,63 @@ pub fn probe() -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Whether this kernel caps a multishot receive's total bytes (`sqe->optlen`, Linux 6.17+: the
+/// receive ends, without `IORING_CQE_F_MORE`, once that many bytes arrived). Older kernels refuse a
+/// nonzero `optlen` with EINVAL at prep time, so it is asked once, on a socket pair: a capped receive
+/// on a buffer group that does not exist fails with ENOBUFS where the cap is known.
+pub fn multishot_recv_cap() -> bool {
+    static CAP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CAP.get_or_init(|| ask_multishot_recv_cap().unwrap_or(false))
+}
+
+fn ask_multishot_recv_cap() -> std::io::Result<bool> {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let (a, mut b) = std::os::unix::net::UnixStream::pair()?;
+    b.write_all(b"x")?;
+    let mut ring = IoUring::new(2)?;
+    let e = with_recv_cap(
+        opcode::RecvMulti::new(io_uring::types::Fd(a.as_raw_fd()), u16::MAX).build(),
+        1,
+    );
+    // SAFETY: the entry refers to `a`, which outlives the ring's use of it (the ring is dropped,
+    // cancelling anything armed, before `a`).
+    unsafe { ring.submission().push(&e.user_data(1)) }.map_err(std::io::Error::other)?;
+    ring.submit_and_wait(1)?;
+    let res = ring.completion().next().map_or(0, |c| c.result());
+    drop(ring);
+    Ok(res == -libc::ENOBUFS)
+}
+
+/// Sets a multishot receive's total-bytes cap (`sqe->optlen`, bytes 44..48 of the 64-byte SQE; the
+/// io-uring crate has no builder method for it yet). Only for kernels where
+/// [`multishot_recv_cap`] is true.
+pub fn with_recv_cap(e: io_uring::squeue::Entry, cap: u32) -> io_uring::squeue::Entry {
+    // SAFETY: `squeue::Entry` is `#[repr(C)]` around the kernel's 64-byte `io_uring_sqe`; any bytes
+    // are a valid `[u8; 64]`, and rewriting the 4-byte `optlen` field keeps it a valid SQE.
+    let mut raw: [u8; 64] = unsafe { std::mem::transmute(e) };
+    raw[44..48].copy_from_slice(&cap.to_ne_bytes());
+    // SAFETY: the same 64 bytes back into the `#[repr(C)]` wrapper they came from.
+    unsafe { std::mem::transmute::<[u8; 64], io_uring::squeue::Entry>(raw) }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn this_kernel_caps_multishot_receives() {
+        // Linux 6.17+ (this machine and CI run 6.18): the cap must be found, or the engine falls back
+        // to multishot receives that can take many buffers before a pause lands.
+        let v = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let mut it = v
+            .trim()
+            .split(['.', '-'])
+            .map(|p| p.parse::<u32>().unwrap_or(0));
+        let (major, minor) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+        assert_eq!(
+            super::multishot_recv_cap(),
+            (major, minor) >= (6, 17),
+            "kernel {v}"
+        );
+    }
+}

@@ -9,10 +9,9 @@
 use std::io;
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, IoUring};
-use ringhold_core::http::format_date;
 use ringhold_core::{EngineConfig, Flush, Machine, ShardSpec, Shared};
 use tracing::{debug, info, warn};
 
@@ -72,7 +71,7 @@ impl Shard {
         } = spec;
         let (ring, _setup) = ring::build(id)?;
         let mut machine = Machine::new(&cfg, shared.clone());
-        machine.set_date(format_date(SystemTime::now()));
+        machine.set_wall_clock(ring::wall_second());
         let bufs = BufRing::new(cfg.buffers, cfg.buffer_size, 0, machine.initial_buffers())?;
         bufs.register(&ring.submitter())?;
         let mut direct = cfg.direct_descriptors;
@@ -157,6 +156,8 @@ impl Shard {
             io.sq.sync();
             io.submits += io.sq.len() as u64;
             ring::submit_and_wait_batch(&io.sub, st.next_wakeup(), st.batch)?;
+            // Before anything this turn answers: `Date` shows the current second.
+            st.machine.set_wall_clock(ring::wall_second());
             io.sq.sync();
             cq.sync();
             let overflow = cq.overflow();
@@ -236,7 +237,6 @@ impl State {
         // over, so a flush after resuming it would almost always report it as not throttled.
         if now - self.last_flush >= FLUSH_EVERY {
             self.last_flush = now;
-            self.machine.set_date(format_date(SystemTime::now()));
             let c = self.machine.counters().clone();
             (self.flush)(&c);
         }

@@ -155,8 +155,9 @@ pub struct ServeArgs {
     /// What the connections speak: `echo` (raw TCP echo), `http` (HTTP/1.1 keep-alive: GET/HEAD
     /// answer 200 with a `?length=N` body, POST/PUT echo the body; pipelining, 100-continue,
     /// chunked; errors get 400/413/431/501/505 and a clean close) or `websocket` (RFC 6455 echo of
-    /// every message, streamed frame by frame; a ping at half the idle timeout; close codes
-    /// 1002/1007/1009; a non-upgrade request gets 426).
+    /// every message, streamed frame by frame; text checked before it is echoed, in fragments of at
+    /// most 4 KiB; a ping at half the idle timeout; close codes 1002/1007/1009; a non-upgrade request
+    /// gets 426).
     #[arg(long, env = "RINGHOLD_PROTOCOL", default_value = "echo", value_parser = parse_protocol)]
     pub protocol: ProtocolArg,
 

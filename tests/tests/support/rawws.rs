@@ -78,6 +78,8 @@ pub struct RawWs {
     /// Bytes written and read so far (handshake included).
     pub written: usize,
     pub read: usize,
+    /// Frames read so far.
+    pub frames_read: usize,
     /// A read timed out (only while [`frames_timed`] reads; elsewhere a timeout panics).
     timed_out: bool,
     tolerate_timeout: bool,
@@ -91,6 +93,7 @@ impl RawWs {
             s,
             written: 0,
             read: 0,
+            frames_read: 0,
             timed_out: false,
             tolerate_timeout: false,
         }
@@ -180,6 +183,7 @@ impl RawWs {
         let payload = self
             .read_exact(len as usize)
             .expect("EOF inside a frame's payload");
+        self.frames_read += 1;
         Some(Frame {
             fin: h[0] & 0x80 != 0,
             opcode: h[0] & 0x0F,

@@ -7,17 +7,24 @@
 //!   `Content-Length` the response has the same `Content-Length`; a chunked request gets a
 //!   `Transfer-Encoding: chunked` response whose body is the request's chunked body verbatim
 //!   (size lines, extensions and trailers included).
+//! - A request with a chunked body is answered once its first chunk-size line has arrived and parsed
+//!   (held until then, like a head, up to [`HttpConfig::max_header_bytes`]): a malformed or oversized
+//!   first line gets its 400 or 413 like any bad request. `Expect: 100-continue` is answered at once.
 //! - Persistent connections and pipelining: HTTP/1.1 keeps the connection unless `Connection: close`;
 //!   HTTP/1.0 closes unless `Connection: keep-alive`, and then the response says so.
 //!   `Expect: 100-continue` gets `100 Continue` before the final response.
 //! - Errors get their status with `Connection: close`, then the connection closes
 //!   ([`Closing::Violation`]): see [`HttpError`]. A chunked body that breaks its framing or the body
-//!   limit after the 200 head went out can only be cut off: the connection closes without an answer.
+//!   limit after the 200 head went out cannot get a status any more: the echo stops before the unit
+//!   that broke (a chunk-size line, or the last chunk with its trailers, is only echoed once it is
+//!   complete and valid), so it never has its last chunk and every client sees an incomplete
+//!   message; then the connection closes as after any error (the write side shut down after what was
+//!   sent, input read and dropped until the peer's FIN: no RST).
 //!
 //! Request heads are parsed by httparse, whole: a head split across reads is held by the machine
-//! ([`Step::Hold`]) and handed in again, longer, up to [`HttpConfig::max_header_bytes`]. Bodies are
-//! followed byte by byte (`chunked.rs`), so everything else resumes at any byte. The per-connection
-//! state is [`HttpConn`], 16 bytes, `Copy`, no heap.
+//! ([`Step::Hold`]) and handed in again, longer, up to [`HttpConfig::max_header_bytes`]. Chunked
+//! framing is held the same way, a unit at a time (`chunked.rs`); bodies' data streams as it comes.
+//! The per-connection state is [`HttpConn`], 16 bytes, `Copy`, no heap.
 
 mod chunked;
 mod head;
@@ -28,11 +35,11 @@ mod stats;
 mod tests;
 
 pub use head::{DEFAULT_LENGTH, MAX_HEADERS};
-pub use response::{format_date, BODY_TEXT, BODY_TEXT_LEN};
+pub use response::{format_date, format_unix_secs, BODY_TEXT, BODY_TEXT_LEN};
 pub use stats::{HttpError, HttpStats, Method, STATUS_CLASS_LABELS};
 
 use crate::protocol::{Closing, Ctx, Sink, Step};
-use chunked::Scan;
+use chunked::{Scan, Unit};
 use head::{Body, Parsed, Request};
 use response::{ConnHeader, Framing, Head};
 
@@ -70,6 +77,9 @@ enum Phase {
     Head,
     /// In a `Content-Length` body; `left` bytes to come.
     Body,
+    /// A chunked request's head is in, its answer waits for the first chunk-size line: `left` holds
+    /// the request's method, `chunk` its `?length`.
+    Pending,
     // In a chunked body (see chunked.rs): the state names say which byte comes next.
     ChunkSize0,
     ChunkSize,
@@ -97,6 +107,8 @@ mod flag {
     pub const HELD: u8 = 1 << 2;
     /// Closed with `Closing::Violation` (else `Done`).
     pub const VIOLATION: u8 = 1 << 3;
+    /// The answer says `Connection: keep-alive` (an HTTP/1.0 client asked for it).
+    pub const KEEP_ALIVE: u8 = 1 << 4;
 }
 
 /// One connection's HTTP state: a few integers, kept inside the machine's `Conn`.
@@ -145,7 +157,7 @@ impl HttpConn {
                         Parsed::Fail(method, e) => return self.fail(ctx, sink, stats, method, e),
                         Parsed::Done(req, len) => {
                             pos += len;
-                            if let Some(step) = self.respond(cfg, ctx, sink, stats, &req) {
+                            if let Some(step) = self.respond(ctx, sink, stats, &req) {
                                 return step;
                             }
                         }
@@ -165,7 +177,55 @@ impl HttpConn {
                         return step;
                     }
                 }
+                Phase::Pending | Phase::ChunkSize0 => {
+                    // Framing goes through a unit at a time, whole (chunked.rs).
+                    let pending = self.phase == Phase::Pending;
+                    if pos == input.len() {
+                        return Step::Continue;
+                    }
+                    let budget = if pending {
+                        cfg.max_body_bytes
+                    } else {
+                        self.left
+                    };
+                    match chunked::probe(budget, cfg.max_header_bytes, &input[pos..]) {
+                        Unit::Partial => {
+                            self.flags |= flag::HELD;
+                            return Step::Hold { from: pos };
+                        }
+                        Unit::Error(e) if pending => {
+                            let method = self.pending_method();
+                            return self.fail(ctx, sink, stats, method, e);
+                        }
+                        Unit::Error(e) => {
+                            // The 200 head is out: the echo ends before this unit, without its last
+                            // chunk, and the connection closes.
+                            stats.error(e);
+                            return self.close(Closing::Violation);
+                        }
+                        Unit::Complete { len, last, after } => {
+                            if pending {
+                                if let Some(step) = self.answer_chunked(ctx, sink, stats) {
+                                    return step;
+                                }
+                            }
+                            if self.flags & flag::ECHO != 0 {
+                                sink.input(pos, len);
+                            }
+                            pos += len;
+                            self.left = after.left;
+                            self.chunk = after.chunk;
+                            self.phase = after.phase;
+                            if last {
+                                if let Some(step) = self.end_request() {
+                                    return step;
+                                }
+                            }
+                        }
+                    }
+                }
                 _ => {
+                    // Chunk data and the CRLF after it, up to the next size line.
                     let (n, scan) = self.scan_chunked(&input[pos..]);
                     if n > 0 && self.flags & flag::ECHO != 0 {
                         sink.input(pos, n);
@@ -173,13 +233,13 @@ impl HttpConn {
                     pos += n;
                     match scan {
                         Scan::More => return Step::Continue,
+                        Scan::Boundary => {}
                         Scan::Done => {
                             if let Some(step) = self.end_request() {
                                 return step;
                             }
                         }
                         Scan::Error(e) => {
-                            // The 200 head is out: no answer is possible any more, only the cut.
                             stats.error(e);
                             return self.close(Closing::Violation);
                         }
@@ -189,8 +249,9 @@ impl HttpConn {
         }
     }
 
-    /// The peer sent FIN. Between requests: close ([`Closing::Done`]). In the middle of a head: 400
-    /// and close; in the middle of a body: close ([`Closing::Violation`] for both).
+    /// The peer sent FIN. Between requests: close ([`Closing::Done`]). In the middle of a head, or
+    /// of a chunked request not answered yet: 400 and close; in the middle of a body: close
+    /// ([`Closing::Violation`] for all three).
     pub fn on_peer_fin(
         &mut self,
         ctx: &Ctx<'_>,
@@ -203,6 +264,11 @@ impl HttpConn {
             Phase::Head => {
                 stats.truncated += 1;
                 self.fail(ctx, sink, stats, Method::Other, HttpError::BadRequest)
+            }
+            Phase::Pending => {
+                stats.truncated += 1;
+                let method = self.pending_method();
+                self.fail(ctx, sink, stats, method, HttpError::BadRequest)
             }
             _ => {
                 stats.truncated += 1;
@@ -220,57 +286,112 @@ impl HttpConn {
     /// Answers a complete request head. `Some(step)` when the call must end with `step`.
     fn respond(
         &mut self,
-        cfg: &HttpConfig,
         ctx: &Ctx<'_>,
         sink: &mut impl Sink,
         stats: &mut HttpStats,
         req: &Request,
     ) -> Option<Step> {
-        let conn = if req.close {
-            ConnHeader::Close
-        } else if !req.http11 {
-            ConnHeader::KeepAlive
-        } else {
-            ConnHeader::None
-        };
         if req.expect_continue {
             sink.bytes_static(response::CONTINUE);
             stats.continues += 1;
         }
         let echo = matches!(req.method, Method::Post | Method::Put);
-        let framing = match (echo, req.body) {
-            (false, _) => Framing::Length(u64::from(req.length)),
-            (true, Body::None) => Framing::Length(0),
-            (true, Body::Length(n)) => Framing::Length(n),
-            (true, Body::Chunked) => Framing::Chunked,
-        };
-        sink.generated(Head::new(response::OK, ctx.date, framing, conn).bytes());
-        if req.method == Method::Get {
-            sink.bytes_static(&BODY_TEXT[..req.length as usize]);
+        self.flags = 0;
+        if req.close {
+            self.flags |= flag::CLOSE_AFTER;
+        } else if !req.http11 {
+            self.flags |= flag::KEEP_ALIVE;
         }
-        stats.response(req.method, 200);
-
-        self.flags = if req.close { flag::CLOSE_AFTER } else { 0 };
         if echo {
             self.flags |= flag::ECHO;
-        } else if req.close {
+        }
+        let length = match (echo, req.body) {
+            (_, Body::Chunked) => {
+                // Answered once the first chunk-size line parsed (a malformed one gets its 400).
+                self.phase = Phase::Pending;
+                self.left = req.method as u64;
+                self.chunk = req.length;
+                return None;
+            }
+            (false, _) => u64::from(req.length),
+            (true, Body::None) => 0,
+            (true, Body::Length(n)) => n,
+        };
+        self.send_ok(
+            ctx,
+            sink,
+            stats,
+            req.method,
+            req.length,
+            Framing::Length(length),
+        );
+        if !echo && req.close {
             // A body nobody echoes need not be read before closing.
             return Some(self.close(Closing::Done));
         }
         match req.body {
-            Body::None => self.end_request(),
             Body::Length(n) => {
                 self.phase = Phase::Body;
                 self.left = n;
                 None
             }
-            Body::Chunked => {
-                self.phase = Phase::ChunkSize0;
-                self.left = cfg.max_body_bytes;
-                self.chunk = 0;
-                None
-            }
+            Body::None | Body::Chunked => self.end_request(),
         }
+    }
+
+    /// The first chunk-size line of a pending chunked request parsed: its answer goes out, and the
+    /// chunked body begins (the caller sets the scanner's state). `Some(step)` when the call must end.
+    fn answer_chunked(
+        &mut self,
+        ctx: &Ctx<'_>,
+        sink: &mut impl Sink,
+        stats: &mut HttpStats,
+    ) -> Option<Step> {
+        let method = self.pending_method();
+        let length = self.chunk;
+        let echo = self.flags & flag::ECHO != 0;
+        let framing = if echo {
+            Framing::Chunked
+        } else {
+            Framing::Length(u64::from(length))
+        };
+        self.send_ok(ctx, sink, stats, method, length, framing);
+        if !echo && self.flags & flag::CLOSE_AFTER != 0 {
+            return Some(self.close(Closing::Done));
+        }
+        None
+    }
+
+    /// The 200 answer's head (and a GET's body).
+    fn send_ok(
+        &self,
+        ctx: &Ctx<'_>,
+        sink: &mut impl Sink,
+        stats: &mut HttpStats,
+        method: Method,
+        length: u32,
+        framing: Framing,
+    ) {
+        let conn = if self.flags & flag::CLOSE_AFTER != 0 {
+            ConnHeader::Close
+        } else if self.flags & flag::KEEP_ALIVE != 0 {
+            ConnHeader::KeepAlive
+        } else {
+            ConnHeader::None
+        };
+        sink.generated(Head::new(response::OK, ctx.date, framing, conn).bytes());
+        if method == Method::Get {
+            sink.bytes_static(&BODY_TEXT[..length as usize]);
+        }
+        stats.response(method, 200);
+    }
+
+    /// The method of a [`Phase::Pending`] request.
+    fn pending_method(&self) -> Method {
+        Method::ALL
+            .get(self.left as usize)
+            .copied()
+            .unwrap_or(Method::Other)
     }
 
     /// The current request is complete: on to the next one, or close.

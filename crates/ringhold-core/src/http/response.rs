@@ -29,17 +29,26 @@ pub static BODY_TEXT: [u8; BODY_TEXT_LEN] = body_text();
 pub(crate) const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// `Date` header value (IMF-fixdate, e.g. `Sun, 06 Nov 1994 08:49:37 GMT`) for `t`. Meant for the
-/// shard's once-a-second cache that [`crate::protocol::Ctx::date`] points at; does not allocate.
+/// shard's per-second cache that [`crate::protocol::Ctx::date`] points at; does not allocate.
 pub fn format_date(t: SystemTime) -> [u8; 29] {
     use std::io::Write;
     let mut out = [b' '; 29];
     // httpdate panics outside 1970..=9999: clamp (a clock that far off is not worth a panic). Inside,
     // an HttpDate always formats to exactly 29 bytes.
-    let last = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(253_402_300_799);
+    let last = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(LAST_DATE_SECS);
     let t = t.clamp(SystemTime::UNIX_EPOCH, last);
     let _ = write!(&mut out[..], "{}", httpdate::HttpDate::from(t));
     out
 }
+
+/// [`format_date`] of `unix_secs` seconds after the epoch (saturating at the end of year 9999).
+pub fn format_unix_secs(unix_secs: u64) -> [u8; 29] {
+    let secs = unix_secs.min(LAST_DATE_SECS);
+    format_date(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+}
+
+/// 9999-12-31T23:59:59Z, the last instant an IMF-fixdate can show.
+const LAST_DATE_SECS: u64 = 253_402_300_799;
 
 /// The `Connection` header a response carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,6 +161,14 @@ mod tests {
         assert_eq!(&format_date(far), b"Fri, 31 Dec 9999 23:59:59 GMT");
         let before = SystemTime::UNIX_EPOCH - Duration::from_secs(10);
         assert_eq!(&format_date(before), b"Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(
+            &format_unix_secs(784_111_777),
+            b"Sun, 06 Nov 1994 08:49:37 GMT"
+        );
+        assert_eq!(
+            &format_unix_secs(u64::MAX),
+            b"Fri, 31 Dec 9999 23:59:59 GMT"
+        );
     }
 
     #[test]

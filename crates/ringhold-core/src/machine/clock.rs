@@ -18,6 +18,8 @@ pub(super) struct Ticks {
     pub(super) send: u32,
     pub(super) linger: u32,
     pub(super) probe: u32,
+    /// How long a peer must have read nothing before buffer pressure may close it.
+    pub(super) pressure: u32,
 }
 
 /// Lingering ends at the latest this many linger times after the write side was shut down.
@@ -40,6 +42,9 @@ impl Machine {
         }
         if !self.waiters.is_empty() && self.free_buffers() > self.promised {
             d = Some(self.now_ms);
+        } else if self.under_pressure() {
+            let t = self.next_relief_ms.max(self.now_ms);
+            d = Some(d.map_or(t, |d| d.min(t)));
         }
         d
     }

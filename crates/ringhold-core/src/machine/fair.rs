@@ -3,6 +3,13 @@
 
 use super::{Action, Id, Machine};
 use crate::conn::flag;
+use crate::CloseReason;
+
+/// Under buffer pressure, a connection whose peer has read nothing for this long may lose its buffers
+/// (and its connection) to a connection waiting for one.
+pub(super) const PRESSURE_STALL_MS: u64 = 1_000;
+/// How often, at most, the machine looks for such connections while receives wait.
+pub(super) const PRESSURE_SCAN_MS: u64 = 100;
 
 impl Machine {
     /// Buffers in the engine's pool now.
@@ -97,6 +104,57 @@ impl Machine {
                     self.sync(idx, gen);
                 }
             }
+        }
+    }
+
+    /// Receives wait for a buffer that no free buffer will serve, and the pool cannot grow.
+    pub(super) fn under_pressure(&self) -> bool {
+        self.waiting > 0
+            && self.capacity >= self.lim.buffers as u32
+            && self.free_buffers() <= self.promised
+    }
+
+    /// Buffer pressure: when every buffer of a full-grown pool is held and receives wait for one,
+    /// the buffers of peers that read nothing are what is left to give. The connections whose peer
+    /// has read nothing for longest — at least [`PRESSURE_STALL_MS`], so that a momentary stall of a
+    /// healthy peer is not one — are closed at once (RST: what we owed them cannot be delivered),
+    /// one for each waiter, and their buffers go to the waiters in turn. Without this, peers that
+    /// never read and outnumber the pool would hold every buffer until `--send-timeout` (or forever
+    /// with `--send-timeout 0`), and a well-behaved client would get no echo at all. Looked at every
+    /// [`PRESSURE_SCAN_MS`] at most while the pressure lasts; a scan is one pass over the shard's
+    /// connections.
+    pub(super) fn relieve_pressure(&mut self) {
+        if !self.under_pressure() || self.now_ms < self.next_relief_ms {
+            return;
+        }
+        self.next_relief_ms = self.now_ms + PRESSURE_SCAN_MS;
+        let unserved = self.waiting - (self.free_buffers() - self.promised).min(self.waiting);
+        let now = self.now_tick();
+        let stall = self.ticks.pressure;
+        let mut stalled: Vec<(u32, Id)> = self
+            .slots
+            .live_indices()
+            .into_iter()
+            .filter_map(|idx| {
+                let c = self.slots.get_live(idx)?;
+                let age = now.wrapping_sub(c.stamp);
+                (!c.closing()
+                    && c.output_pending()
+                    && c.queued > 0
+                    && age >= stall
+                    && age < 1 << 31)
+                    .then_some((age, Id { idx, gen: c.gen }))
+            })
+            .collect();
+        let k = (unserved as usize).min(stalled.len());
+        if k == 0 {
+            return;
+        }
+        if k < stalled.len() {
+            stalled.select_nth_unstable_by(k - 1, |a, b| b.0.cmp(&a.0));
+        }
+        for &(_, Id { idx, gen }) in &stalled[..k] {
+            self.close_now(idx, gen, CloseReason::BufferPressure);
         }
     }
 }

@@ -16,7 +16,9 @@
 //! - Backpressure and buffer fairness: a connection stops reading when it holds its allowance of
 //!   buffers; the allowance shrinks as the shard's pool empties, and once only the reserve is left, a
 //!   connection that holds any buffer stops reading, so that a connection holding none can always be
-//!   served. A receive that finds no buffer waits in a FIFO until one is free; never spins.
+//!   served. A receive that finds no buffer waits in a FIFO until one is free; never spins. If every
+//!   buffer of a full-grown pool is held and receives wait, the peers that have read nothing for
+//!   longest (at least a second) are closed and their buffers go to the waiters.
 //! - Rate limits (`--rate-limit`, `--message-rate`, checked every `--check-every` reads): pause reading
 //!   for the time the bucket's debt takes to pay back.
 //! - Three clocks on one per-shard wheel, never a timer per connection: idle (the peer sent nothing while
@@ -44,6 +46,7 @@ use std::time::Duration;
 
 use crate::bucket::{Bucket, BucketSpec};
 use crate::conn::{flag, Conn};
+use crate::http::format_unix_secs;
 use crate::protocol::{Closing, Ctx, ProtoConfig, Protocol, Step};
 use crate::slab::Slots;
 use crate::wheel::TimerWheel;
@@ -159,6 +162,8 @@ pub struct Machine {
     promised: u32,
     /// The drain deadline passed and every connection was told to close.
     drain_forced: bool,
+    /// Shard time before which buffer pressure is not looked at again.
+    next_relief_ms: u64,
     slots: Slots,
     limiters: Vec<Limiter>,
     out: Out,
@@ -174,6 +179,8 @@ pub struct Machine {
     said: Vec<Said>,
     generated: Vec<u8>,
     date: [u8; 29],
+    /// The wall-clock second `date` shows (`u64::MAX`: set by [`Machine::set_date`], or never).
+    date_secs: u64,
     now_ms: u64,
     drain_deadline: Option<u64>,
     pub counters: ShardCounters,
@@ -205,6 +212,7 @@ impl Machine {
                 } else {
                     0
                 },
+                pressure: ticks(Some(Duration::from_millis(fair::PRESSURE_STALL_MS))),
             },
             wheel,
             shared,
@@ -215,6 +223,7 @@ impl Machine {
             waiting: 0,
             promised: 0,
             drain_forced: false,
+            next_relief_ms: 0,
             lim,
             slots: Slots::new(),
             limiters: Vec::new(),
@@ -226,6 +235,7 @@ impl Machine {
             said: Vec::new(),
             generated: Vec::new(),
             date: *b"Thu, 01 Jan 1970 00:00:00 GMT",
+            date_secs: u64::MAX,
             now_ms: 0,
             drain_deadline: None,
         }
@@ -314,9 +324,22 @@ impl Machine {
         &self.counters
     }
 
-    /// The `Date` header value protocols use (the engine sets it about once a second).
+    /// Sets the `Date` header value protocols use, as is (tests; engines use
+    /// [`Machine::set_wall_clock`]).
     pub fn set_date(&mut self, date: [u8; 29]) {
         self.date = date;
+        self.date_secs = u64::MAX;
+    }
+
+    /// The wall clock, in whole seconds since the Unix epoch. Engines pass it once per loop turn,
+    /// before handing in what the turn brought, so that every response carries the second it was
+    /// made in (less than a turn behind). The `Date` value is formatted again only when the second
+    /// changed: per turn this is one comparison.
+    pub fn set_wall_clock(&mut self, unix_secs: u64) {
+        if unix_secs != self.date_secs {
+            self.date_secs = unix_secs;
+            self.date = format_unix_secs(unix_secs);
+        }
     }
 
     // ------------------------------------------------------------------ events
@@ -473,6 +496,7 @@ impl Machine {
             self.waiters.push_back(Id { idx, gen });
         }
         self.sync(idx, gen);
+        self.relieve_pressure();
     }
 
     /// An operation of `id` failed with `errno` (positive): close at once.
@@ -563,6 +587,7 @@ impl Machine {
             }
         }
         self.wake_waiters();
+        self.relieve_pressure();
         if let Some(deadline) = self.drain_deadline {
             if now_ms >= deadline && !self.drain_forced {
                 self.drain_forced = true;

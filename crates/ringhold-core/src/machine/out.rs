@@ -275,10 +275,11 @@ impl Out {
     }
 
     /// Appends a copy of `bytes`: inline when tiny, else into the queue's current generated slot when it
-    /// has room, else into a new slot. Returns `true` if a new slot was taken (the caller counts it).
-    pub fn push_copy(&mut self, q: &mut Queue, bytes: &[u8]) -> bool {
+    /// has room, else into new slots. Returns how many new slots were taken (the caller counts them:
+    /// each is released on its own). More than one when `bytes` is longer than a slot.
+    pub fn push_copy(&mut self, q: &mut Queue, bytes: &[u8]) -> u16 {
         let mut rest = bytes;
-        let mut took = false;
+        let mut took = 0;
         if rest.len() <= INLINE && !self.tail_slot_has_room(q, rest.len()) {
             let mut b = [0u8; INLINE];
             b[..rest.len()].copy_from_slice(rest);
@@ -289,7 +290,7 @@ impl Out {
                     bytes: b,
                 },
             );
-            return false;
+            return 0;
         }
         while !rest.is_empty() {
             if let Some((slot, at, room)) = self.tail_slot(q) {
@@ -303,7 +304,7 @@ impl Out {
                 continue;
             }
             let slot = self.take_slot();
-            took = true;
+            took += 1;
             let k = GEN_SLOT.min(rest.len());
             self.slots[slot as usize][..k].copy_from_slice(&rest[..k]);
             self.slot_fill[slot as usize] = k as u32;
@@ -482,7 +483,7 @@ mod tests {
             },
         );
         let big = vec![b'g'; 3000];
-        assert!(out.push_copy(&mut q, &big));
+        assert_eq!(out.push_copy(&mut q, &big), 2);
         assert!(out.ref_buffer(1));
         out.push(
             &mut q,
@@ -540,10 +541,10 @@ mod tests {
         );
         assert_eq!(out.pop(&mut q).buffer, Some(0));
         let head = [b'h'; 100];
-        assert!(out.push_copy(&mut q, &head));
-        assert!(!out.push_copy(&mut q, &head), "appended to the same slot");
+        assert_eq!(out.push_copy(&mut q, &head), 1);
+        assert_eq!(out.push_copy(&mut q, &head), 0, "appended to the same slot");
         assert!(
-            !out.push_copy(&mut q, b"tiny"),
+            out.push_copy(&mut q, b"tiny") == 0,
             "tiny copies join the open slot"
         );
         assert_eq!(

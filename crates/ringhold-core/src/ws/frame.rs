@@ -11,6 +11,11 @@ pub(super) const OP_CLOSE: u8 = 0x8;
 pub(super) const OP_PING: u8 = 0x9;
 pub(super) const OP_PONG: u8 = 0xA;
 
+/// Most payload bytes of one echo frame of a text message: a text frame is echoed in fragments of
+/// at most this many bytes (plus up to 3 carried from the fragment before), each checked whole
+/// before its header is sent (see the module doc of [`crate::ws`]).
+pub const TEXT_CHUNK: usize = 4096;
+
 const PROTOCOL_ERROR: u16 = 1002;
 const INVALID_PAYLOAD: u16 = 1007;
 const TOO_BIG: u16 = 1009;
@@ -106,6 +111,9 @@ impl WsConn {
         let mut out = Out { sink, run: None };
         // Where the frame header being decoded starts, when it started in this input.
         let mut hdr_start = None;
+        // Where a text frame's header whole in this input ended: its first echo header may be
+        // written over the client's mask bytes.
+        let mut hdr_end = None;
         let step = loop {
             if pos >= input.len() {
                 break Step::Continue;
@@ -120,6 +128,7 @@ impl WsConn {
                     Ok(false) => {}
                     Ok(true) => {
                         let in_place = hdr_start.take().is_some();
+                        hdr_end = in_place.then_some(pos);
                         if let Some(step) = self.header_done(input, in_place, pos, &mut out, stats)
                         {
                             break step;
@@ -127,8 +136,11 @@ impl WsConn {
                     }
                     Err(code) => break self.fail(code, &mut out, stats),
                 }
-            } else if let Some(step) = self.payload(input, &mut pos, &mut out, stats) {
-                break step;
+            } else {
+                let in_place = hdr_end.take() == Some(pos);
+                if let Some(step) = self.payload(input, &mut pos, in_place, &mut out, stats) {
+                    break step;
+                }
             }
         };
         out.flush();
@@ -235,7 +247,8 @@ impl WsConn {
     }
 
     /// The header just ended at `pos`: start the echo (its header written over the client's mask
-    /// bytes when `in_place`, i.e. the client's header is whole in this input).
+    /// bytes when `in_place`, i.e. the client's header is whole in this input). A frame of a text
+    /// message is echoed by [`WsConn::text_chunk`] instead, once its bytes are checked.
     fn header_done<S: Sink>(
         &mut self,
         input: &mut [u8],
@@ -247,6 +260,16 @@ impl WsConn {
         stats.frames_in += 1;
         let op = self.opcode();
         let rem = self.rem();
+        if self.is_text_data() {
+            if rem == 0 {
+                let failed = self.text_chunk(input, pos, 0, in_place, out, stats);
+                if failed.is_none() {
+                    self.frame_end(stats);
+                }
+                return failed;
+            }
+            return None;
+        }
         let echo_b0 = match op {
             OP_PING => {
                 stats.pings_in += 1;
@@ -275,17 +298,24 @@ impl WsConn {
             return if op == OP_CLOSE {
                 Some(self.close_frame(&mut [], out, stats))
             } else {
-                self.frame_end(out, stats)
+                self.frame_end(stats);
+                None
             };
         }
         None
     }
 
-    /// Payload bytes at `*pos`.
+    /// The current frame is a data frame of a text message.
+    pub(super) fn is_text_data(&self) -> bool {
+        !is_control(self.opcode()) && self.ms_has(ms::TEXT)
+    }
+
+    /// Payload bytes at `*pos` (`in_place`: the client's header ends right there, in this input).
     fn payload<S: Sink>(
         &mut self,
         input: &mut [u8],
         pos: &mut usize,
+        in_place: bool,
         out: &mut Out<'_, S>,
         stats: &mut WsStats,
     ) -> Option<Step> {
@@ -303,46 +333,101 @@ impl WsConn {
             *pos = end;
             return Some(self.close_frame(p, out, stats));
         }
-        let n = rem.min(avail as u64) as usize;
-        if op != OP_PONG {
-            let chunk = &mut input[*pos..*pos + n];
-            unmask(chunk, self.mask);
-            self.mask.rotate_left(n % 4);
-            if !is_control(op)
-                && self.ms_has(ms::TEXT)
-                && !self.ms_has(ms::FAILING)
-                && !self.utf8_feed(chunk)
-            {
-                self.ms_set(ms::FAILING, true);
+        let n = if self.is_text_data() {
+            // Checked before it is echoed, a chunk at a time: hold until the chunk is all here.
+            let n = rem.min(TEXT_CHUNK as u64) as usize;
+            if avail < n {
+                return Some(Step::Hold { from: *pos });
             }
-            out.input(*pos, n);
-        }
+            if let Some(step) = self.text_chunk(input, *pos, n, in_place, out, stats) {
+                return Some(step);
+            }
+            n
+        } else {
+            let n = rem.min(avail as u64) as usize;
+            if op != OP_PONG {
+                unmask(&mut input[*pos..*pos + n], self.mask);
+                self.mask.rotate_left(n % 4);
+                out.input(*pos, n);
+            }
+            n
+        };
         *pos += n;
         self.set_rem(rem - n as u64);
         if rem == n as u64 {
-            return self.frame_end(out, stats);
+            self.frame_end(stats);
         }
         None
     }
 
-    /// The current (non-close) frame ended.
-    fn frame_end<S: Sink>(&mut self, out: &mut Out<'_, S>, stats: &mut WsStats) -> Option<Step> {
-        self.st_set(st::IN_PAYLOAD, false);
-        if is_control(self.opcode()) {
-            return None;
-        }
-        if self.ms_has(ms::TEXT)
-            && (self.ms_has(ms::FAILING) || (self.fin() && !self.utf8_complete()))
-        {
+    /// The next `n` payload bytes of a text frame, all in `input` at `pos` (the frame's last bytes,
+    /// or [`TEXT_CHUNK`] of them): unmask, check, then echo them as one frame of their own. The
+    /// echo frame holds the start of a character the chunk before left unfinished (the carry), then
+    /// the chunk up to its last whole character; an unfinished character at its end is carried to
+    /// the next chunk. So every echo frame is UTF-8 on its own, and nothing of a chunk that is not
+    /// UTF-8 (or of a message that ends inside a character) is sent: close 1007 instead. `None`:
+    /// echoed, the caller advances.
+    fn text_chunk<S: Sink>(
+        &mut self,
+        input: &mut [u8],
+        pos: usize,
+        n: usize,
+        in_place: bool,
+        out: &mut Out<'_, S>,
+        stats: &mut WsStats,
+    ) -> Option<Step> {
+        let chunk = &mut input[pos..pos + n];
+        unmask(chunk, self.mask);
+        self.mask.rotate_left(n % 4);
+        let (old, old_len) = (self.carry, self.carry_len());
+        if !self.utf8_feed(chunk) {
             return Some(self.fail(INVALID_PAYLOAD, out, stats));
         }
+        let last = n as u64 == self.rem();
+        let fin = last && self.fin();
+        let new_len = self.carry_len();
+        if fin && new_len > 0 {
+            return Some(self.fail(INVALID_PAYLOAD, out, stats)); // the message ends inside a character
+        }
+        // The carry was completed (all of it is echoed now, then the chunk without its own
+        // unfinished end), or the chunk only made it longer (old_len + n == new_len: echo nothing).
+        let len = old_len + n - new_len;
+        let carried = if len > 0 { old_len } else { 0 };
+        let b0 = if fin { 0x80 } else { 0 } | self.opcode();
+        let (h, hl) = server_header(b0, len as u64);
+        stats.frames_out += 1;
+        if in_place && carried == 0 {
+            // The client's header (≥ 6 bytes with its mask) ends at `pos`; ours has ≤ 4.
+            input[pos - hl..pos].copy_from_slice(&h[..hl]);
+            out.input(pos - hl, hl);
+        } else {
+            let mut g = [0u8; 10 + 3];
+            g[..hl].copy_from_slice(&h[..hl]);
+            g[hl..hl + carried].copy_from_slice(&old[..carried]);
+            out.generated(&g[..hl + carried]);
+        }
+        if n > new_len {
+            out.input(pos, n - new_len);
+        }
+        // The next echo frame of this client frame continues this one.
+        self.fr = (self.fr & !fr::OPCODE) | OP_CONT;
+        None
+    }
+
+    /// The current (non-close) frame ended.
+    fn frame_end(&mut self, stats: &mut WsStats) {
+        self.st_set(st::IN_PAYLOAD, false);
+        if is_control(self.opcode()) {
+            return;
+        }
+        // A text message that ends inside a character failed in `text_chunk` already.
+        debug_assert!(!(self.fin() && self.ms_has(ms::TEXT) && !self.utf8_complete()));
         if self.fin() {
             stats.messages_in += 1;
             stats.messages_out += 1;
             self.ms = 0;
             self.set_msg_len(0);
         }
-        None
     }
 
     /// A whole close frame, unmasked: answer it (same code) or fail.

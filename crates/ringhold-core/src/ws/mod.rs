@@ -18,13 +18,30 @@
 //!
 //! # Frames: a streamed echo
 //! A frame header may be split at any byte across inputs: it is decoded byte by byte into the state.
-//! When it is complete the echo's header (same FIN and opcode, unmasked, ≤ 10 bytes) is sent; when the
-//! client's header lies whole in the current input it is written in place over the client's mask
-//! bytes, so header and payload leave as one segment. Payload bytes are unmasked in place and sent
-//! back as they arrive ([`Sink::input`]); no message is ever held whole, so memory stays bounded
-//! whatever the message size. Ping → pong with the same payload (streamed the same way); pong →
-//! nothing (the machine counts it as activity). Control frames may come between the frames of a
-//! fragmented message.
+//! Payload bytes are unmasked in place and sent back with a server header (unmasked, ≤ 10 bytes);
+//! when the client's header lies whole in the current input, the echo's header is written in place
+//! over the client's mask bytes, so header and payload leave as one segment. No message is ever held
+//! whole, so memory stays bounded whatever the message size. Ping → pong with the same payload
+//! (streamed like binary); pong → nothing (the machine counts it as activity). Control frames may
+//! come between the frames of a fragmented message.
+//!
+//! - Binary: the echo's header (same FIN and opcode, same length) is sent as soon as the client's
+//!   header is complete, then the payload as it arrives ([`Sink::input`]), frame by frame: the echo
+//!   has the client's framing.
+//! - Text: the server must never send a text frame that is not UTF-8 (RFC 6455 §5.6, §8.1), and an
+//!   echo header, once sent, promises its whole length, so no byte is echoed before it is checked.
+//!   A text frame is cut into chunks of at most [`TEXT_CHUNK`] (4 KiB) payload bytes, at fixed
+//!   offsets from the frame's start; a chunk is held ([`Step::Hold`], at most 4 KiB − 1 bytes) until
+//!   it is all in the input, then unmasked, checked with simdutf8, and echoed as a frame of its own:
+//!   the first with the client frame's opcode, the others continuations, FIN on the last chunk of a
+//!   final frame. An echo frame ends on a character boundary: the ≤ 3 bytes of a character the chunk
+//!   (or the client's frame) cuts are kept in [`WsConn`] and sent at the start of the next echo
+//!   frame of the message. So every echo frame is UTF-8 on its own, and the client has read a prefix
+//!   of a valid message whenever the check fails. What a client sees: a text frame up to 4 KiB
+//!   comes back with its framing (bytes of a character cut by the client's fragments move to the
+//!   next fragment); a longer one comes back as fragments of 4 KiB; the messages are the same. The
+//!   price: a chunk that straddles two reads is copied by the machine (held bytes are handed in
+//!   again with the next read), where binary goes out from the receive buffer.
 //!
 //! A close frame is the one frame that is held whole (≤ 125 bytes, through [`Step::Hold`]): its code
 //! and reason are checked before answering. A valid close is answered with the same code (reason not
@@ -36,20 +53,19 @@
 //!   payload of 1 byte or with a code that may not be sent (allowed: 1000–1003, 1007–1014,
 //!   3000–4999), a 64-bit length with its top bit set.
 //! - `1007`: a text message that is not UTF-8 (checked across frame and input boundaries, carrying at
-//!   most 3 bytes of an unfinished character), or a close reason that is not UTF-8.
+//!   most 3 bytes of an unfinished character), or a close reason that is not UTF-8. Nothing of the
+//!   chunk holding the bad bytes is echoed (nor a character the message ends inside of).
 //! - `1009`: a message longer than [`WsConfig::max_message_size`] (known from the frame headers,
 //!   before anything of the offending frame is echoed).
 //!
-//! Invalid UTF-8 is found while its frame is being echoed: the echo's header announced the whole
-//! frame, so the frame is echoed to its end as received (the earlier bytes of the message were
-//! already sent, and the bad bytes reach the client too, whose own check rejects them), and the close
-//! `1007` follows right at the end of that frame, so the framing the client reads is never broken.
-//! Every other error is found in a frame header, before any byte of that frame is echoed.
+//! Every error is found between echo frames (in a frame header, or in a text chunk before its echo),
+//! so the close frame never lands inside one and the framing the client reads is never broken.
 //!
 //! # Timers and ends
 //! [`WsConn::on_quiet`] sends a ping (the machine calls it when a socket was silent for part of the
 //! idle timeout, as uWebSockets does); [`WsConn::on_server_close`] sends close `1001`. Neither can be
-//! sent while an echo frame is half sent (the bytes would land inside it): then nothing is sent.
+//! sent while a binary or pong echo frame is half sent (the bytes would land inside it): then
+//! nothing is sent. (Text echo frames are never half sent.)
 //!
 //! The output for a byte stream does not depend on how it is split into inputs (tested for every
 //! split point).
@@ -62,6 +78,7 @@ mod utf8;
 #[cfg(test)]
 mod tests;
 
+pub use frame::TEXT_CHUNK;
 pub use stats::{CloseCode, WsStats};
 
 use crate::protocol::{Closing, Ctx, Sink, Step};
@@ -103,7 +120,8 @@ pub struct WsConn {
     carry: [u8; 3],
     /// [`st`] bits: phase, head held, in payload, header byte position.
     st: u8,
-    /// [`fr`] bits: the current frame's opcode and FIN, its extended-length size.
+    /// [`fr`] bits: the current frame's opcode (for a text frame, once its first chunk is echoed:
+    /// the continuation opcode of the next echo frame) and FIN, its extended-length size.
     fr: u8,
     /// [`ms`] bits: the current data message.
     ms: u8,
@@ -142,8 +160,6 @@ mod ms {
     pub const OPEN: u8 = 1 << 0;
     /// The current data message is text.
     pub const TEXT: u8 = 1 << 1;
-    /// The current text frame held invalid UTF-8: echo it to its end, then close 1007.
-    pub const FAILING: u8 = 1 << 2;
     /// Bytes in `carry` (2 bits).
     pub const CARRY_SHIFT: u8 = 3;
     pub const CARRY: u8 = 0b11 << CARRY_SHIFT;
@@ -249,11 +265,12 @@ impl WsConn {
     }
 
     /// An echo frame is half sent: its header went out and part of its payload has not. Nothing else
-    /// may be sent until it ends.
+    /// may be sent until it ends. (Never inside a text frame: its echo frames are sent whole.)
     pub fn mid_echo(&self) -> bool {
         self.phase() == st::OPEN
             && self.st_has(st::IN_PAYLOAD)
             && !matches!(self.opcode(), frame::OP_CLOSE | frame::OP_PONG)
+            && !self.is_text_data()
     }
 
     /// Handle received bytes. Output goes through `sink`, in order; `input` is changed in place

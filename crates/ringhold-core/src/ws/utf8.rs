@@ -1,5 +1,6 @@
-//! Streaming UTF-8 validation of a text message whose bytes arrive in pieces (frames, inputs), with
-//! simdutf8. The only state is the start of a character cut at the end of a piece (≤ 3 bytes).
+//! Streaming UTF-8 validation of a text message whose bytes arrive in pieces (text chunks of its
+//! frames), with simdutf8. The only state is the start of a character cut at the end of a piece
+//! (≤ 3 bytes); the echo sends those bytes with the next piece (see `frame.rs`).
 
 use simdutf8::compat::from_utf8;
 

@@ -133,34 +133,153 @@ fn chunked_request_is_echoed_chunked_verbatim() {
 #[test]
 fn chunked_body_streams_at_every_call() {
     let mut d = Driver::new(HttpConfig::default());
-    d.feed(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n4\r");
-    assert!(d.per_call[0].ends_with(b"\r\n\r\n4\r"));
+    // The answer waits for the first size line, which is held until it is whole.
+    let mut req = CHUNKED_POST.to_vec();
+    req.extend_from_slice(b"4\r");
+    let step = d.feed(&req);
+    assert_eq!(
+        step,
+        Step::Hold {
+            from: CHUNKED_POST.len()
+        }
+    );
+    assert_eq!(d.held, b"4\r");
+    assert!(d.per_call[0].is_empty());
+    assert!(!d.conn.is_idle());
     d.feed(b"\nab");
-    assert_eq!(d.per_call[1], b"\nab");
+    let mut want = ok_head(CHUNKED, "");
+    want.extend_from_slice(b"4\r\nab");
+    assert_eq!(show(&d.per_call[1]), show(&want));
+    // Data streams; the last chunk and its trailers go out once they are whole.
     d.feed(b"cd\r\n0\r\n");
-    assert_eq!(d.per_call[2], b"cd\r\n0\r\n");
+    assert_eq!(d.per_call[2], b"cd\r\n");
+    assert_eq!(d.held, b"0\r\n");
     assert!(!d.conn.is_idle());
     assert_eq!(d.feed(b"\r\n"), Step::Continue);
+    assert_eq!(d.per_call[3], b"0\r\n\r\n");
     assert!(d.conn.is_idle());
+    assert_eq!(d.stats.responses[Method::Post as usize][0], 1);
 }
 
+const CHUNKED_POST: &[u8] = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+
+/// A chunked request whose first chunk-size line is malformed gets 400 (not a 200 head and a cut),
+/// however the line is split.
 #[test]
-fn malformed_chunked_body_is_cut_after_its_valid_prefix() {
-    for (body, valid) in [
-        (&b"4\r\nabcdX\r\n"[..], &b"4\r\nabcd"[..]),
-        (b"zz\r\n", b""),
-        (b"4\nabcd", b"4"),
-        (b"1\r\na\r\n0\r\n:bad\r\n\r\n", b"1\r\na\r\n0\r\n"),
-        (b"3;ext\x01\r\n", b"3;ext"),
+fn malformed_first_chunk_line_is_400() {
+    for body in [
+        &b"zz\r\n"[..],
+        b"4\nabcd",
+        b"3;ext\x01\r\n",
+        b" 4\r\n",
+        b"\r\n",
+        b"-1\r\n",
+        b"4 x\r\n",
+        b"4\r\r",
+        b"0\r\n:bad\r\n\r\n",
+        b"0\r\n\r\r",
     ] {
-        let mut req = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for method in ["POST", "PUT", "GET"] {
+            let mut req = CHUNKED_POST.to_vec();
+            req.splice(..4, method.bytes());
+            req.extend_from_slice(body);
+            let whole = run(&req);
+            for d in [whole, {
+                let mut d = Driver::new(HttpConfig::default());
+                for b in &req {
+                    d.feed(std::slice::from_ref(b));
+                }
+                d
+            }] {
+                assert_eq!(d.last, Step::Close(Closing::Violation), "{}", show(body));
+                assert_out(&d, &error_answer(400));
+                assert_eq!(d.stats.protocol_errors[HttpError::BadRequest as usize], 1);
+                let m = Method::from_token(method);
+                assert_eq!(d.stats.responses[m as usize], [0, 0, 1, 0], "{method}");
+            }
+        }
+    }
+}
+
+/// The first chunk-size line is held up to `max_header_bytes`; longer is a 400. An oversized first
+/// chunk is a 413, answered. A FIN before the first size line is whole is a 400 (truncated).
+#[test]
+fn first_chunk_line_limits() {
+    let cfg = HttpConfig {
+        max_header_bytes: 80,
+        max_body_bytes: 100,
+        ..HttpConfig::default()
+    };
+    // 79 bytes of a size line with an extension: held.
+    let mut line = b"5;e=".to_vec();
+    line.resize(79, b'x');
+    let mut d = Driver::new(cfg);
+    d.feed(CHUNKED_POST);
+    assert_eq!(d.feed(&line), Step::Hold { from: 0 });
+    assert!(d.out.is_empty());
+    // Its CR makes it 80: still within the bound, and complete with the LF... which is byte 81.
+    let mut d2 = Driver::new(cfg);
+    d2.feed(CHUNKED_POST);
+    d2.feed(&line);
+    assert_eq!(d2.feed(b"\r"), Step::Close(Closing::Violation));
+    assert_out(&d2, &error_answer(400));
+    // A line that fits: 78 bytes and CRLF.
+    let mut d3 = Driver::new(cfg);
+    d3.feed(CHUNKED_POST);
+    let mut fits = line[..78].to_vec();
+    fits.extend_from_slice(b"\r\nhello\r\n0\r\n\r\n");
+    assert_eq!(d3.feed(&fits), Step::Continue);
+    let mut want = ok_head(CHUNKED, "");
+    want.extend_from_slice(&fits);
+    assert_out(&d3, &want);
+    // Over the body limit at the first size: 413, answered.
+    let mut req = CHUNKED_POST.to_vec();
+    req.extend_from_slice(b"65\r\n");
+    let d = run_with(cfg, &req);
+    assert_eq!(d.last, Step::Close(Closing::Violation));
+    assert_out(&d, &error_answer(413));
+    assert_eq!(
+        d.stats.protocol_errors[HttpError::PayloadTooLarge as usize],
+        1
+    );
+    // FIN before the line is whole.
+    let mut d = Driver::new(cfg);
+    d.feed(CHUNKED_POST);
+    d.feed(b"5");
+    assert_eq!(d.fin(), Step::Close(Closing::Violation));
+    assert_out(&d, &error_answer(400));
+    assert_eq!(d.stats.truncated, 1);
+    // FIN right after the head.
+    let mut d = Driver::new(cfg);
+    assert_eq!(d.feed(CHUNKED_POST), Step::Continue);
+    assert!(!d.conn.is_idle());
+    assert_eq!(d.fin(), Step::Close(Closing::Violation));
+    assert_out(&d, &error_answer(400));
+}
+
+/// After the 200 head went out, a body that breaks its framing ends the echo before the unit that
+/// broke: never a partial size line, never the last chunk. The client sees an incomplete message,
+/// then the connection closes.
+#[test]
+fn malformed_later_chunk_ends_the_echo_without_its_last_chunk() {
+    for (body, echoed) in [
+        (&b"4\r\nabcdX\r\n"[..], &b"4\r\nabcd"[..]),
+        (b"1\r\na\r\nzz\r\n", b"1\r\na\r\n"),
+        (b"1\r\na\r\n4\nabcd", b"1\r\na\r\n"),
+        (b"1\r\na\r\n0\r\n:bad\r\n\r\n", b"1\r\na\r\n"),
+        (b"1\r\na\r\n0\r\nX: y\r\n\x01", b"1\r\na\r\n"),
+        (b"1\r\na\r\n3;ext\x01\r\n", b"1\r\na\r\n"),
+    ] {
+        let mut req = CHUNKED_POST.to_vec();
         req.extend_from_slice(body);
         let d = run(&req);
         assert_eq!(d.last, Step::Close(Closing::Violation), "{}", show(body));
         let mut want = ok_head(CHUNKED, "");
-        want.extend_from_slice(valid);
+        want.extend_from_slice(echoed);
         assert_out(&d, &want);
+        assert!(!d.out.ends_with(b"0\r\n"), "{}", show(body));
         assert_eq!(d.stats.protocol_errors[HttpError::BadRequest as usize], 1);
+        assert_eq!(d.stats.responses[Method::Post as usize], [1, 0, 0, 0]);
     }
 }
 
@@ -170,35 +289,55 @@ fn chunked_body_over_the_limit_is_cut() {
         max_body_bytes: 20,
         ..HttpConfig::default()
     };
-    let head = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
-    // A chunk size over the budget is refused at its digit.
-    let mut req = head.to_vec();
-    req.extend_from_slice(b"15\r\n");
+    // Exactly 20 bytes of chunked body fit; one more is cut.
+    let body = b"a\r\n0123456789\r\n0\r\n\r\n";
+    assert_eq!(body.len(), 20);
+    let mut req = CHUNKED_POST.to_vec();
+    req.extend_from_slice(body);
+    let d = run_with(cfg, &req);
+    assert_eq!(d.last, Step::Continue);
+    let mut req = CHUNKED_POST.to_vec();
+    req.extend_from_slice(b"a\r\n0123456789\r\n0\r\nX:y\r\n\r\n");
     let d = run_with(cfg, &req);
     assert_eq!(d.last, Step::Close(Closing::Violation));
     let mut want = ok_head(CHUNKED, "");
-    want.extend_from_slice(b"1");
+    want.extend_from_slice(b"a\r\n0123456789\r\n");
     assert_out(&d, &want);
     assert_eq!(
         d.stats.protocol_errors[HttpError::PayloadTooLarge as usize],
         1
     );
-    // Exactly 20 bytes of chunked body fit; one more is cut.
-    let body = b"a\r\n0123456789\r\n0\r\n\r\n";
-    assert_eq!(body.len(), 20);
-    let mut req = head.to_vec();
-    req.extend_from_slice(body);
-    let d = run_with(cfg, &req);
-    assert_eq!(d.last, Step::Continue);
-    let mut req = head.to_vec();
-    req.extend_from_slice(b"a\r\n0123456789\r\n0\r\nX:y\r\n\r\n");
+    // A later chunk over what is left of the budget.
+    let mut req = CHUNKED_POST.to_vec();
+    req.extend_from_slice(b"2\r\nab\r\nf\r\n");
     let d = run_with(cfg, &req);
     assert_eq!(d.last, Step::Close(Closing::Violation));
-    // Huge sizes never overflow.
-    let mut req = head.to_vec();
+    let mut want = ok_head(CHUNKED, "");
+    want.extend_from_slice(b"2\r\nab\r\n");
+    assert_out(&d, &want);
+    // Huge sizes never overflow: a 413 answer when it is the first.
+    let mut req = CHUNKED_POST.to_vec();
     req.extend_from_slice(b"ffffffffffffffffffffff\r\n");
     let d = run(&req);
     assert_eq!(d.last, Step::Close(Closing::Violation));
+    assert_out(&d, &error_answer(413));
+}
+
+/// A GET or HEAD with a chunked body is answered once the first size line parsed; the body is read
+/// and dropped. With `Connection: close` the connection closes after the answer.
+#[test]
+fn chunked_get_is_answered_after_its_first_size_line() {
+    let mut d = Driver::new(HttpConfig::default());
+    d.feed(b"HEAD /?length=3 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+    assert!(d.out.is_empty());
+    d.feed(b"2\r\nyy\r\n0\r\n\r\n");
+    assert_out(&d, &ok_head(&cl(3), ""));
+    assert!(d.conn.is_idle());
+    let d = run(
+        b"GET /?length=3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n",
+    );
+    assert_eq!(d.last, Step::Close(Closing::Done));
+    assert_out(&d, &get_answer(3, CLOSE));
 }
 
 #[test]
@@ -290,13 +429,18 @@ fn expect_100_continue() {
     assert_out(&d, &want);
     assert_eq!(d.stats.continues, 1);
 
-    // Chunked too; not for HTTP/1.0, not without a body, not when refused.
-    let d = run(
+    // Chunked too (the 200 after the first size line); not for HTTP/1.0, not without a body, not
+    // when refused.
+    let mut d = Driver::new(HttpConfig::default());
+    d.feed(
         b"PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n",
     );
+    assert_out(&d, b"HTTP/1.1 100 Continue\r\n\r\n");
+    d.feed(b"1\r\n");
     assert!(d
         .out
         .starts_with(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"));
+    assert!(d.out.ends_with(b"chunked\r\n\r\n1\r\n"));
     let d = run(b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n");
     assert!(d.out.starts_with(b"HTTP/1.1 200 OK\r\n"));
     let d = run(b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n");

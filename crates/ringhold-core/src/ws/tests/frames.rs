@@ -1,7 +1,7 @@
 //! Frames: the streamed echo, control frames, every close code.
 
 use super::*;
-use crate::ws::{CloseCode, MAX_MESSAGE_CAP};
+use crate::ws::{CloseCode, MAX_MESSAGE_CAP, TEXT_CHUNK};
 
 const M: [u8; 4] = [0xa1, 0x02, 0xc3, 0x7e];
 
@@ -266,38 +266,63 @@ fn text_across_frames_and_inputs_is_valid_utf8() {
         let mut d = Driver::open();
         d.feed_split(&input, &[cut]);
         assert_eq!(d.step, Step::Continue, "cut {cut}");
-        let payload: Vec<u8> = frames_of(&mut d)
-            .into_iter()
-            .flat_map(|f| f.payload)
-            .collect();
+        let frames = frames_of(&mut d);
+        assert_text_frames_utf8(&frames);
+        let payload: Vec<u8> = frames.into_iter().flat_map(|f| f.payload).collect();
         assert_eq!(payload, msg);
     }
 }
 
+/// Each echo frame of a text message is UTF-8 on its own.
+fn assert_text_frames_utf8(frames: &[Frame]) {
+    let mut text = false;
+    for f in frames {
+        match f.op {
+            1 => text = true,
+            2 => text = false,
+            _ => {}
+        }
+        if f.op < 8 && text {
+            assert!(
+                std::str::from_utf8(&f.payload).is_ok(),
+                "an echo text frame that is not UTF-8: {f:02x?}"
+            );
+        }
+    }
+}
+
 #[test]
-fn invalid_utf8_closes_1007_at_the_end_of_its_frame() {
-    // Invalid in the first frame: that frame is echoed whole, then the close.
-    let bad = b"ab\xffcd";
-    let mut input = frame(false, 1, bad, M);
+fn invalid_utf8_is_never_echoed_and_closes_1007() {
+    // Invalid in the first frame: nothing of it is echoed, the close comes at once.
+    let mut input = frame(false, 1, b"ab\xffcd", M);
     input.extend(frame(true, 0, b"never echoed", M));
-    assert_fails(&input, 1007, &[Frame::new(false, 1, bad)]);
-    // Surrogates, overlong forms, code points past U+10FFFF.
+    assert_fails(&input, 1007, &[]);
+    // Surrogates, overlong forms, code points past U+10FFFF, a message ending inside a character.
     for bad in [
         &b"\xed\xa0\x80"[..],
         b"\xc0\xaf",
         b"\xf4\x90\x80\x80",
         b"\xce\xba\xe1\xbd",
+        b"ok \xff\xfe bad",
     ] {
-        assert_fails(&text(bad), 1007, &[Frame::new(true, 1, bad)]);
+        assert_fails(&text(bad), 1007, &[]);
     }
-    // A character cut by a frame and continued wrongly.
-    let mut input = frame(false, 1, b"\xe2\x82", M);
-    input.extend(frame(true, 0, b"x", M));
+    // The valid frames before the bad one were echoed; nothing of the bad one is.
+    let mut input = frame(false, 1, "good €".as_bytes(), M);
+    input.extend(frame(true, 9, b"ping", M));
+    input.extend(frame(true, 0, b"b\xffd", M));
     assert_fails(
         &input,
         1007,
-        &[Frame::new(false, 1, b"\xe2\x82"), Frame::new(true, 0, b"x")],
+        &[
+            Frame::new(false, 1, "good €".as_bytes()),
+            Frame::new(true, 0xA, b"ping"),
+        ],
     );
+    // A character cut by a frame and continued wrongly: its start was never echoed.
+    let mut input = frame(false, 1, b"\xe2\x82", M);
+    input.extend(frame(true, 0, b"x", M));
+    assert_fails(&input, 1007, &[Frame::new(false, 1, b"")]);
     // Binary is never checked.
     let (_, step, _) = run(&frame(true, 2, b"\xff\xfe", M));
     assert_eq!(step, Step::Continue);
@@ -307,30 +332,100 @@ fn invalid_utf8_closes_1007_at_the_end_of_its_frame() {
 fn a_text_message_ending_inside_a_character_closes_1007() {
     let mut input = frame(false, 1, b"ok\xe2\x82", M);
     input.extend(frame(true, 0, b"", M));
-    assert_fails(
-        &input,
-        1007,
-        &[
-            Frame::new(false, 1, b"ok\xe2\x82"),
-            Frame::new(true, 0, b""),
-        ],
+    assert_fails(&input, 1007, &[Frame::new(false, 1, b"ok")]);
+}
+
+#[test]
+fn a_character_cut_by_the_clients_fragments_moves_to_the_next_echo_frame() {
+    let mut input = frame(false, 1, b"ab\xe2", M);
+    input.extend(frame(true, 9, b"ping!", M));
+    input.extend(frame(false, 0, b"\x82", M));
+    input.extend(frame(true, 0, b"\xac!", M));
+    let (frames, step, stats) = run(&input);
+    assert_eq!(step, Step::Continue);
+    assert_eq!(
+        frames,
+        vec![
+            Frame::new(false, 1, b"ab"),
+            Frame::new(true, 0xA, b"ping!"),
+            Frame::new(false, 0, b""),
+            Frame::new(true, 0, "€!".as_bytes()),
+        ]
+    );
+    assert_eq!((stats.frames_in, stats.frames_out), (4, 4));
+    assert_eq!((stats.messages_in, stats.messages_out), (1, 1));
+}
+
+#[test]
+fn a_text_chunk_is_held_until_whole_then_checked() {
+    // Invalid: nothing is echoed at all.
+    let f = text(b"valid start \xff and the rest");
+    let mut d = Driver::open();
+    assert_eq!(d.feed(&f[..10]), Step::Hold { from: 6 });
+    assert!(d.out.is_empty());
+    assert_eq!(d.feed(&f[10..20]), Step::Hold { from: 0 }); // the bad byte is in here
+    assert!(d.out.is_empty());
+    assert_eq!(d.feed(&f[20..]), VIOLATION);
+    assert_eq!(frames_of(&mut d), vec![Frame::close(1007)]);
+    // Valid: echoed once whole, with a generated header.
+    let f = text("valid €".as_bytes());
+    let mut d = Driver::open();
+    assert_eq!(d.feed(&f[..10]), Step::Hold { from: 6 });
+    assert_eq!(d.feed(&f[10..]), Step::Continue);
+    assert!(matches!(d.segs[0], Seg::Bytes(ref b) if b == &[0x81, 9]));
+    assert_eq!(
+        frames_of(&mut d),
+        vec![Frame::new(true, 1, "valid €".as_bytes())]
     );
 }
 
 #[test]
-fn invalid_utf8_found_in_a_later_input_still_finishes_the_frame_first() {
-    let f = text(b"valid start \xff and the rest");
-    let mut d = Driver::open();
-    assert_eq!(d.feed(&f[..10]), Step::Continue);
-    assert_eq!(d.feed(&f[10..20]), Step::Continue); // the bad byte is in here
-    assert_eq!(d.feed(&f[20..]), VIOLATION);
+fn long_text_frames_are_echoed_in_4_kib_fragments_ending_on_characters() {
+    assert_eq!(TEXT_CHUNK, 4096);
+    // ASCII: cut at 4096 exactly.
+    for (n, parts) in [(4096usize, 1usize), (4097, 2), (8192, 2), (10_000, 3)] {
+        let msg: Vec<u8> = (0..n).map(|i| b'a' + (i % 26) as u8).collect();
+        let (frames, step, stats) = run(&text(&msg));
+        assert_eq!(step, Step::Continue);
+        assert_eq!(frames.len(), parts, "n={n}");
+        assert_eq!(stats.frames_out, parts as u64);
+        assert_eq!(stats.messages_out, 1);
+        for (i, f) in frames.iter().enumerate() {
+            assert_eq!(f.op, if i == 0 { 1 } else { 0 });
+            assert_eq!(f.fin, i + 1 == parts);
+            assert_eq!(f.payload, msg[i * 4096..((i + 1) * 4096).min(n)]);
+        }
+    }
+    // "€" is 3 bytes: 4096 cuts the 1366th; its start goes with the next fragment. A non-final
+    // client frame and the final one after it.
+    let msg = "€".repeat(2000);
+    let msg = msg.as_bytes();
+    let mut input = frame(false, 1, &msg[..5000], M);
+    input.extend(frame(true, 0, &msg[5000..], M));
+    let (frames, step, _) = run(&input);
+    assert_eq!(step, Step::Continue);
+    let lens: Vec<(bool, u8, usize)> = frames
+        .iter()
+        .map(|f| (f.fin, f.op, f.payload.len()))
+        .collect();
+    // 4096 = 3·1365 + 1; 904 + 1 = 905 = 3·301 + 2; the second client frame starts with 2 + 998.
     assert_eq!(
-        frames_of(&mut d),
-        vec![
-            Frame::new(true, 1, b"valid start \xff and the rest"),
-            Frame::close(1007)
-        ]
+        lens,
+        [(false, 1, 4095), (false, 0, 903), (true, 0, 1002)],
+        "{lens:?}"
     );
+    assert_text_frames_utf8(&frames);
+    let back: Vec<u8> = frames.into_iter().flat_map(|f| f.payload).collect();
+    assert_eq!(back, msg);
+    // Cut in inputs anywhere: the same frames.
+    let mut whole = Driver::open();
+    whole.feed(&input);
+    let want = whole.take();
+    for cut in (0..input.len()).step_by(97) {
+        let mut d = Driver::open();
+        d.feed_split(&input, &[cut, cut + 4000]);
+        assert_eq!(d.take(), want, "cut at {cut}");
+    }
 }
 
 #[test]
@@ -422,6 +517,16 @@ fn quiet_sockets_get_a_ping_unless_an_echo_is_half_sent() {
     d.feed(&frame(true, 0xA, b"", M));
     assert_eq!(d.stats.pongs_in, 1);
     assert!(d.take().is_empty());
+    // Inside a text frame no echo frame is ever half sent: its chunk is held.
+    let f = text(b"abcdef");
+    d.feed(&f[..8]);
+    assert!(!d.conn.mid_echo());
+    assert!(d.quiet());
+    d.feed(&f[8..]);
+    assert_eq!(
+        frames_of(&mut d),
+        vec![Frame::new(true, 9, b""), Frame::new(true, 1, b"abcdef")]
+    );
 }
 
 #[test]
@@ -449,6 +554,11 @@ fn the_server_closes_with_1001_when_it_can() {
     assert!(d.conn.mid_echo());
     d.server_close();
     assert!(d.take().is_empty());
+    // Inside a text frame it can (the chunk was held, nothing of it sent).
+    let mut d = Driver::open();
+    d.feed(&text(b"abcdef")[..9]);
+    d.server_close();
+    assert_eq!(frames_of(&mut d), vec![Frame::close(1001)]);
 }
 
 #[test]

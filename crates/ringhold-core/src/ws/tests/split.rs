@@ -4,6 +4,7 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::ws::TEXT_CHUNK;
 
 /// One thing a client does.
 #[derive(Clone, Debug)]
@@ -21,11 +22,33 @@ enum Ev {
     Pong(Vec<u8>),
 }
 
+/// Byte sequences that are not UTF-8 wherever they stand: a byte never used, an overlong form, a
+/// surrogate, past U+10FFFF, a lead byte followed by ASCII, a character cut short (invalid when
+/// anything but its rest follows, or when the message ends there).
+const BAD: [&[u8]; 6] = [
+    b"\xff",
+    b"\xc0\xaf",
+    b"\xed\xa0\x80",
+    b"\xf4\x90\x80\x80",
+    b"\xe2\x28",
+    b"\xf0\x9f\x98",
+];
+
 fn payload(text: bool) -> BoxedStrategy<Vec<u8>> {
     if text {
         prop_oneof![
             8 => ".{0,40}".prop_map(String::into_bytes),
             1 => prop::collection::vec(any::<u8>(), 0..20),
+            // Longer than a text chunk: echoed in fragments.
+            1 => prop::collection::vec(any::<char>(), 1000..3000)
+                .prop_map(|c| c.into_iter().collect::<String>().into_bytes()),
+            // Valid text with one bad sequence anywhere (inside a character too).
+            2 => (".{0,40}", any::<prop::sample::Index>(), 0..BAD.len()).prop_map(|(s, at, bad)| {
+                let mut v = s.into_bytes();
+                let at = at.index(v.len() + 1);
+                v.splice(at..at, BAD[bad].iter().copied());
+                v
+            }),
         ]
         .boxed()
     } else {
@@ -55,11 +78,94 @@ fn ev() -> impl Strategy<Value = Ev> {
     ]
 }
 
-/// The client bytes of `evs` and the frames a correct echo sends back for them.
-fn encode(evs: &[Ev]) -> (Vec<u8>, Vec<Frame>) {
+/// The echo a correct server sends, written independently of `frame.rs` (std's UTF-8 check): binary
+/// frames as they came, text frames in chunks of [`TEXT_CHUNK`] echoed as frames that end on a
+/// character boundary (the cut character's start goes with the next one), a close code at the first
+/// error; nothing after it.
+struct Model {
+    limit: u64,
+    want: Vec<Frame>,
+    /// The close code sent, once failed.
+    failed: Option<u16>,
+    /// The current message's length so far.
+    total: u64,
+    /// Text bytes not yet echoed: the start of a cut character.
+    pending: Vec<u8>,
+}
+
+impl Model {
+    fn new(limit: u64) -> Self {
+        Model {
+            limit,
+            want: Vec::new(),
+            failed: None,
+            total: 0,
+            pending: Vec::new(),
+        }
+    }
+
+    fn fail(&mut self, code: u16) {
+        self.want.push(Frame::close(code));
+        self.failed = Some(code);
+    }
+
+    /// A data frame: `first` of its message, `fin` its last.
+    fn data(&mut self, text: bool, first: bool, fin: bool, data: &[u8]) {
+        if self.failed.is_some() {
+            return;
+        }
+        if first {
+            self.total = 0;
+            self.pending.clear();
+        }
+        self.total += data.len() as u64;
+        if self.total > self.limit {
+            return self.fail(1009);
+        }
+        let op = match (first, text) {
+            (false, _) => 0,
+            (true, true) => 1,
+            (true, false) => 2,
+        };
+        if !text {
+            self.want.push(Frame::new(fin, op, data));
+            return;
+        }
+        let mut chunks: Vec<&[u8]> = data.chunks(TEXT_CHUNK).collect();
+        if chunks.is_empty() {
+            chunks.push(&[]);
+        }
+        let n = chunks.len();
+        for (j, c) in chunks.into_iter().enumerate() {
+            let last = fin && j + 1 == n;
+            self.pending.extend_from_slice(c);
+            let keep = match std::str::from_utf8(&self.pending) {
+                Ok(_) => 0,
+                Err(e) if e.error_len().is_none() => self.pending.len() - e.valid_up_to(),
+                Err(_) => return self.fail(1007),
+            };
+            if last && keep > 0 {
+                return self.fail(1007);
+            }
+            let cut = self.pending.len() - keep;
+            let p: Vec<u8> = self.pending.drain(..cut).collect();
+            self.want
+                .push(Frame::new(last, if j == 0 { op } else { 0 }, &p));
+        }
+    }
+
+    fn control(&mut self, f: Frame) {
+        if self.failed.is_none() {
+            self.want.push(f);
+        }
+    }
+}
+
+/// The client bytes of `evs` and what the model says the server sends back for them.
+fn encode(evs: &[Ev], limit: u64) -> (Vec<u8>, Model) {
     const PM: [u8; 4] = [1, 2, 3, 4];
     let mut bytes = Vec::new();
-    let mut want = Vec::new();
+    let mut m = Model::new(limit);
     for ev in evs {
         match ev {
             Ev::Msg {
@@ -82,22 +188,43 @@ fn encode(evs: &[Ev]) -> (Vec<u8>, Vec<Frame>) {
                     };
                     let fin = i + 1 == n;
                     bytes.extend(frame(fin, op, &data[start..end], *mask));
-                    want.push(Frame::new(fin, op, &data[start..end]));
+                    m.data(*text, i == 0, fin, &data[start..end]);
                     start = end;
                     if !fin && pings[i] {
                         bytes.extend(frame(true, 9, b"between", PM));
-                        want.push(Frame::new(true, 0xA, b"between"));
+                        m.control(Frame::new(true, 0xA, b"between"));
                     }
                 }
             }
             Ev::Ping(p) => {
                 bytes.extend(frame(true, 9, p, PM));
-                want.push(Frame::new(true, 0xA, p));
+                m.control(Frame::new(true, 0xA, p));
             }
             Ev::Pong(p) => bytes.extend(frame(true, 0xA, p, PM)),
         }
     }
-    (bytes, want)
+    (bytes, m)
+}
+
+/// Every echo frame of a text message is UTF-8 on its own (so whatever the client has read of a
+/// text message is a prefix of a valid one).
+fn text_frames_are_utf8(frames: &[Frame]) -> Result<(), TestCaseError> {
+    let mut text = false;
+    for f in frames {
+        match f.op {
+            1 => text = true,
+            2 => text = false,
+            _ => {}
+        }
+        if f.op < 8 && text {
+            prop_assert!(
+                std::str::from_utf8(&f.payload).is_ok(),
+                "an echo text frame that is not UTF-8: {:02x?}",
+                f
+            );
+        }
+    }
+    Ok(())
 }
 
 /// What a run leaves: output bytes, final step (a hold's offset depends on the cuts, so a hold is
@@ -145,32 +272,29 @@ fn to_cuts(idx: &[prop::sample::Index], len: usize) -> Vec<usize> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 
-    /// Valid sessions: any split gives the same output, which is the expected echo; a close at the
-    /// end is answered.
+    /// Sessions (text valid or not, messages over the limit): any split gives the same output,
+    /// which is what the model says; a close at the end is answered unless the session failed.
     #[test]
-    fn valid_sessions_split_anywhere(evs in prop::collection::vec(ev(), 0..6), close in any::<bool>(), idx in cut_points()) {
-        let (frames, mut want) = encode(&evs);
+    fn sessions_split_anywhere(evs in prop::collection::vec(ev(), 0..6), close in any::<bool>(), idx in cut_points()) {
+        let (frames, mut m) = encode(&evs, cfg().max_message_size);
         let mut stream = REQUEST.to_vec();
         stream.extend(&frames);
         if close {
             stream.extend(frame(true, 8, &[0x03, 0xE8, b'o', b'k'], [9, 8, 7, 6]));
-            want.push(Frame::close(1000));
+            m.control(Frame::close(1000));
         }
         let cuts = to_cuts(&idx, stream.len());
         let (out, step) = same_whole_and_cut(&stream, &cuts)?;
         prop_assert_eq!(&out[..RESPONSE.len()], RESPONSE);
         let got = decode(&out[RESPONSE.len()..]);
-        let too_big = evs.iter().any(|e| matches!(e, Ev::Msg { data, .. } if data.len() > 50_000));
-        let bad_text = evs.iter().any(|e| matches!(e, Ev::Msg { text: true, data, .. } if std::str::from_utf8(data).is_err()));
-        if !too_big && !bad_text {
-            prop_assert_eq!(got, want);
-            prop_assert_eq!(step, if close { DONE } else { Step::Continue });
-        } else {
-            prop_assert_eq!(step, VIOLATION);
-            let last = got.last().cloned();
-            let code = last.map(|f| f.payload).unwrap_or_default();
-            prop_assert!(code == b"\x03\xef" || code == b"\x03\xf1", "{:?}", code);
-        }
+        text_frames_are_utf8(&got)?;
+        prop_assert_eq!(got, m.want);
+        let want_step = match m.failed {
+            Some(_) => VIOLATION,
+            None if close => DONE,
+            None => Step::Continue,
+        };
+        prop_assert_eq!(step, want_step);
     }
 
     /// Sessions with one byte changed (any error the decoder can meet) or cut short: any split
@@ -184,7 +308,7 @@ proptest! {
         truncate in any::<Option<prop::sample::Index>>(),
         idx in cut_points(),
     ) {
-        let (frames, _) = encode(&evs);
+        let (frames, _) = encode(&evs, cfg().max_message_size);
         let mut stream = REQUEST.to_vec();
         let at = REQUEST.len() + flip.index(frames.len().max(1));
         stream.extend(&frames);
@@ -197,7 +321,7 @@ proptest! {
         let cuts = to_cuts(&idx, stream.len());
         let (out, step) = same_whole_and_cut(&stream, &cuts)?;
         if matches!(step, Step::Close(_)) {
-            decode(&out[RESPONSE.len()..]);
+            text_frames_are_utf8(&decode(&out[RESPONSE.len()..]))?;
         }
     }
 
@@ -281,4 +405,73 @@ fn every_single_cut_gives_the_same_result() {
             assert_eq!(run_cut(cfg, &stream, &[a, b]), whole, "cuts at {a}, {b}");
         }
     }
+}
+
+/// A text message in three fragments (a ping between two), with each bad sequence inserted at each
+/// position: the output is the model's (nothing of a chunk with bad bytes, close 1007), whole and at
+/// every single cut.
+#[test]
+fn invalid_utf8_anywhere_at_every_cut() {
+    let cfg = WsConfig::default();
+    let good = "a€b𝄞cñ".as_bytes();
+    for bad in BAD {
+        for at in 0..=good.len() {
+            let mut data = good.to_vec();
+            data.splice(at..at, bad.iter().copied());
+            let ev = Ev::Msg {
+                text: true,
+                cuts: vec![4, 9],
+                pings: vec![true, false, false, false, false],
+                data,
+                mask: [0x5a, 0x01, 0xfe, 0x77],
+            };
+            let (frames, mut m) = encode(&[ev, Ev::Ping(b"after".to_vec())], cfg.max_message_size);
+            let mut stream = REQUEST.to_vec();
+            stream.extend(&frames);
+            stream.extend(frame(true, 8, &[0x03, 0xE8], [9, 8, 7, 6]));
+            m.control(Frame::close(1000));
+            let whole = run_cut(cfg, &stream, &[]);
+            assert_eq!(m.failed, Some(1007), "{bad:02x?} at {at}");
+            assert_eq!(whole.1, VIOLATION);
+            let got = decode(&whole.0[RESPONSE.len()..]);
+            assert_eq!(got, m.want, "{bad:02x?} at {at}");
+            text_frames_are_utf8(&got).unwrap();
+            for cut in 0..=stream.len() {
+                assert_eq!(
+                    run_cut(cfg, &stream, &[cut]),
+                    whole,
+                    "{bad:02x?} at {at}, cut at {cut}"
+                );
+            }
+        }
+    }
+}
+
+/// A text frame of two and a half chunks with characters of every width, cut in one place
+/// anywhere, and every byte on its own: the same output, which is the model's.
+#[test]
+fn long_text_frames_at_every_cut() {
+    let cfg = WsConfig::default();
+    let s: String = "a€ñ𝄞".chars().cycle().take(4000).collect();
+    let data = s.into_bytes();
+    assert!(data.len() > 2 * TEXT_CHUNK);
+    let ev = Ev::Msg {
+        text: true,
+        cuts: vec![TEXT_CHUNK + 1],
+        pings: vec![true; 5],
+        data,
+        mask: [1, 0x80, 0x7f, 0xff],
+    };
+    let (frames, m) = encode(&[ev], cfg.max_message_size);
+    let mut stream = REQUEST.to_vec();
+    stream.extend(&frames);
+    let whole = run_cut(cfg, &stream, &[]);
+    assert_eq!(whole.1, Step::Continue);
+    assert_eq!(decode(&whole.0[RESPONSE.len()..]), m.want);
+    assert_eq!(m.want.len(), 5, "3 + 1 fragments and a pong");
+    for cut in 0..=stream.len() {
+        assert_eq!(run_cut(cfg, &stream, &[cut]), whole, "cut at {cut}");
+    }
+    let all: Vec<usize> = (1..stream.len()).collect();
+    assert_eq!(run_cut(cfg, &stream, &all), whole);
 }
