@@ -84,6 +84,9 @@ pub struct EngineConfig {
     pub completion_batch: Option<(u32, u32)>,
     /// io_uring: fixed-file table slots per ring (0 = from RLIMIT_NOFILE).
     pub fixed_files: u32,
+    /// io_uring: a connection that received nothing for this long (between 1× and 2× it) waits on a
+    /// readiness poll instead of an armed receive, which holds less kernel memory; `None` = never.
+    pub park_after: Option<Duration>,
 }
 
 impl Default for EngineConfig {
@@ -106,6 +109,7 @@ impl Default for EngineConfig {
             direct_descriptors: true,
             completion_batch: Some((64, 100)),
             fixed_files: 0,
+            park_after: Some(Duration::from_secs(1)),
         }
     }
 }

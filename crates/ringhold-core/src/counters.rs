@@ -136,6 +136,11 @@ pub struct ShardCounters {
     /// Times a connection holding buffers was paused because the pool ran low (the reserve is kept for
     /// connections that hold none).
     pub reserve_pauses: u64,
+    /// io_uring only. Gauge: connections parked (waiting on a readiness poll instead of an armed
+    /// receive, see `--park-after`).
+    pub parked: u64,
+    /// io_uring only: times a quiet connection was parked.
+    pub parks: u64,
     /// The protocols' own counters (requests, responses, protocol errors).
     pub proto: crate::protocol::ProtoStats,
 }

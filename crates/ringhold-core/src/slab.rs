@@ -79,6 +79,11 @@ impl Slots {
         }
     }
 
+    /// Slots `0 .. slot_count()` exist (live or not).
+    pub fn slot_count(&self) -> usize {
+        self.conns.len()
+    }
+
     /// Open connections.
     pub fn live(&self) -> usize {
         self.live

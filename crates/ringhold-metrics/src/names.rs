@@ -22,6 +22,8 @@ pub const LINGERING_CLOSES: &str = "ringhold_lingering_closes_total";
 pub const LINGER_TIMEOUTS: &str = "ringhold_linger_timeouts_total";
 pub const WAITING_FOR_BUFFER: &str = "ringhold_connections_waiting_for_buffer";
 pub const RESERVE_PAUSES: &str = "ringhold_buffer_reserve_pauses_total";
+pub const PARKED: &str = "ringhold_connections_parked";
+pub const PARKS: &str = "ringhold_parks_total";
 pub const HTTP_RESPONSES: &str = "ringhold_http_responses_total";
 pub const HTTP_PROTOCOL_ERRORS: &str = "ringhold_http_protocol_errors_total";
 pub const HTTP_CONTINUES: &str = "ringhold_http_continues_total";
@@ -41,7 +43,7 @@ pub const BUILD_INFO: &str = "ringhold_build_info";
 pub const SCRAPES: &str = "ringhold_metrics_scrapes_total";
 
 /// Every metric name ringhold exports, for tests and docs.
-pub const ALL: [&str; 34] = [
+pub const ALL: [&str; 36] = [
     CONNECTIONS_ACTIVE,
     ACCEPTS,
     CLOSES,
@@ -60,6 +62,8 @@ pub const ALL: [&str; 34] = [
     LINGER_TIMEOUTS,
     WAITING_FOR_BUFFER,
     RESERVE_PAUSES,
+    PARKED,
+    PARKS,
     HTTP_RESPONSES,
     HTTP_PROTOCOL_ERRORS,
     HTTP_CONTINUES,
@@ -208,6 +212,16 @@ pub(crate) fn describe() {
         RESERVE_PAUSES,
         Unit::Count,
         "Times a connection holding buffers stopped reading early because the shard's buffer pool ran low (the reserve is kept for connections holding none)."
+    );
+    describe_gauge!(
+        PARKED,
+        Unit::Count,
+        "io_uring: connections parked (quiet for --park-after: waiting on a readiness poll instead of an armed receive; 0 on epoll)."
+    );
+    describe_counter!(
+        PARKS,
+        Unit::Count,
+        "io_uring: times a quiet connection was parked (0 on epoll)."
     );
     describe_counter!(
         HTTP_RESPONSES,

@@ -46,6 +46,8 @@ pub struct ShardMetrics {
     lingering_closes: Counter,
     linger_timeouts: Counter,
     waiting_for_buffer: Gauge,
+    parked: Gauge,
+    parks: Counter,
     reserve_pauses: Counter,
     http: HttpMetrics,
     ws: WsMetrics,
@@ -177,6 +179,8 @@ impl ShardMetrics {
             linger_timeouts: counter!(LINGER_TIMEOUTS, "shard" => s.clone()),
             waiting_for_buffer: gauge!(WAITING_FOR_BUFFER, "shard" => s.clone()),
             reserve_pauses: counter!(RESERVE_PAUSES, "shard" => s.clone()),
+            parked: gauge!(PARKED, "shard" => s.clone()),
+            parks: counter!(PARKS, "shard" => s.clone()),
             http: HttpMetrics::new(&s),
             ws: WsMetrics::new(&s),
         };
@@ -213,6 +217,8 @@ impl ShardMetrics {
         self.linger_timeouts.absolute(c.linger_timeouts);
         self.waiting_for_buffer.set(c.waiting_for_buffer as f64);
         self.reserve_pauses.absolute(c.reserve_pauses);
+        self.parked.set(c.parked as f64);
+        self.parks.absolute(c.parks);
         self.http.flush(&c.proto.http);
         self.ws.flush(&c.proto.ws);
     }

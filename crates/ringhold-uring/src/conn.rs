@@ -1,14 +1,16 @@
 //! Carrying out the machine's actions for connections, and turning their completions into events.
 //!
 //! What only this engine knows lives in the connection's two engine bytes: which receive is armed or
-//! being cancelled, whether a send is in flight, whether the machine asked for the close, and how many
-//! operations are in flight (`inflight`). Rules of the engine, not of the connection:
+//! being cancelled, whether a send is in flight, whether the machine asked for the close, whether the
+//! connection is parked, and how many operations are in flight (`inflight`). Rules of the engine, not
+//! of the connection:
 //! - Multishot receive with buffer select; with `--rate-limit`/`--message-rate`, single-shot receives
 //!   (still buffer select), so that a pause stops reading at once. A receive that ended is re-armed when
 //!   the machine still wants to read.
+//! - A quiet connection is parked ([`crate::park`]): a readiness poll instead of the armed receive.
 //! - One send in flight per connection, of the machine's `front()`; short sends resume.
-//! - Close: cancel the receive and any send, wait until nothing is in flight, close the descriptor;
-//!   the machine releases the slot when that close completes.
+//! - Close: cancel the receive (or poll) and any send, wait until nothing is in flight, close the
+//!   descriptor; the machine releases the slot when that close completes.
 
 use std::io;
 
@@ -23,10 +25,10 @@ use crate::token::{Op, Token};
 use crate::with_fd;
 
 /// Engine bits of `Conn::io`.
-mod bit {
-    /// A receive is armed.
+pub(crate) mod bit {
+    /// A receive-side operation is armed: a receive, or (with `POLL`) a readiness poll.
     pub const RECV_ARMED: u8 = 1 << 0;
-    /// A cancel of the armed receive is in flight.
+    /// A cancel of the armed receive-side operation is in flight.
     pub const CANCELING: u8 = 1 << 1;
     /// A send is in flight.
     pub const SENDING: u8 = 1 << 2;
@@ -38,6 +40,15 @@ mod bit {
     pub const ABORT: u8 = 1 << 5;
     /// SO_LINGER 0 was submitted.
     pub const LINGER_SET: u8 = 1 << 6;
+    /// The armed receive-side operation is a readiness poll (`Op::Poll`), not a receive.
+    pub const POLL: u8 = 1 << 7;
+
+    // Two bits of open connections only (CLOSE_WANTED clear). They share their bits with ABORT and
+    // LINGER_SET, which exist only once CLOSE_WANTED is set; `close` clears them before setting those.
+    /// Parked: the connection waits on a poll and reads once per wake-up with a single-shot receive.
+    pub const PARKED: u8 = ABORT;
+    /// Received (or woke) since the last park sweep.
+    pub const HEARD: u8 = LINGER_SET;
 }
 
 impl State {
@@ -57,14 +68,21 @@ impl State {
         Ok(())
     }
 
+    /// Arms what the connection needs to receive: a receive, or a poll when it is parked.
     fn arm_recv(&mut self, io: &mut Io<'_>, id: Id) -> io::Result<()> {
+        self.arm(io, id, false)
+    }
+
+    /// Arms a receive (`read_now`: also when parked, because its poll said it is readable) or, for a
+    /// parked connection, its poll.
+    pub(crate) fn arm(&mut self, io: &mut Io<'_>, id: Id, read_now: bool) -> io::Result<()> {
         let bgid = self.bufs.bgid();
-        let single = self.machine.single_reads();
         let size = self.cfg.buffer_size;
         let cap = (self.machine.allowance().max(1) as u32).saturating_mul(size);
         if !self.machine.wants_read(id.idx, id.gen) {
             return Ok(());
         }
+        let multishot = !self.machine.single_reads();
         let Some(c) = self.machine.conn_mut(id.idx, id.gen) else {
             return Ok(());
         };
@@ -73,7 +91,29 @@ impl State {
         }
         c.io |= bit::RECV_ARMED;
         c.inflight += 1;
-        let e = if single {
+        let parked = c.io & bit::PARKED != 0;
+        if parked && !read_now {
+            c.io |= bit::POLL;
+            return self.arm_poll(io, id);
+        }
+        if !parked {
+            // A fresh receive gets a whole sweep period before it may be parked.
+            c.io |= bit::HEARD;
+        }
+        let e = if parked {
+            // A parked connection reads once per wake-up, then polls again. MSG_DONTWAIT: should
+            // the wake-up find nothing, the receive ends with EAGAIN instead of waiting with its
+            // async state, which parking is there to avoid.
+            with_fd!(self.direct, id.idx, |f| opcode::Recv::new(
+                f,
+                std::ptr::null_mut(),
+                size
+            )
+            .flags(libc::MSG_DONTWAIT)
+            .buf_group(bgid)
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT))
+        } else if !multishot {
             // A multishot receive keeps filling buffers until its cancel lands, so a pause would take
             // effect only after ~100 more reads (measured: 26 pauses of ~190 KiB each for 5 MiB at
             // 1 MiB/s), --check-every would mean nothing, and with buffers short, peers that never read
@@ -108,9 +148,22 @@ impl State {
         if c.io & bit::RECV_ARMED == 0 || c.io & bit::CANCELING != 0 {
             return Ok(());
         }
+        let op = if c.io & bit::POLL != 0 {
+            Op::Poll
+        } else {
+            Op::Recv
+        };
+        self.cancel_recv(io, id, op)
+    }
+
+    /// Cancels the armed receive-side operation `op` (its completion ends it).
+    pub(crate) fn cancel_recv(&mut self, io: &mut Io<'_>, id: Id, op: Op) -> io::Result<()> {
+        let Some(c) = self.machine.conn_mut(id.idx, id.gen) else {
+            return Ok(());
+        };
         c.io |= bit::CANCELING;
         c.inflight += 1;
-        let target = Token::new(Op::Recv, id.gen, id.idx).encode();
+        let target = Token::new(op, id.gen, id.idx).encode();
         let e = opcode::AsyncCancel::new(target).build();
         io.push(e.user_data(Token::new(Op::Cancel, id.gen, id.idx).encode()))
     }
@@ -135,6 +188,9 @@ impl State {
             c.io &= !(bit::RECV_ARMED | bit::CANCELING);
             c.inflight -= 1;
         }
+        if res > 0 && c.io & bit::CLOSE_WANTED == 0 {
+            c.io |= bit::HEARD;
+        }
         let now_ms = self.now_ms();
         if res > 0 {
             match bid {
@@ -151,7 +207,9 @@ impl State {
             match -res {
                 0 => self.machine.peer_fin(t.slot, t.gen, now_ms),
                 libc::ENOBUFS => self.machine.no_buffer(t.slot, t.gen),
-                libc::ECANCELED => {}
+                // ECANCELED: stopped or being parked; EAGAIN: a parked connection's wake-up found
+                // nothing (it polls again; woken again within the sweep period, it is unparked).
+                libc::ECANCELED | libc::EAGAIN => {}
                 errno => self.machine.failed(t.slot, t.gen, errno),
             }
         }
@@ -270,6 +328,15 @@ impl State {
         let Some(c) = self.machine.conn_mut(id.idx, id.gen) else {
             return Ok(());
         };
+        if c.io & bit::CLOSE_WANTED == 0 {
+            // PARKED and HEARD share their bits with ABORT and LINGER_SET.
+            if c.io & bit::PARKED != 0 {
+                self.machine.counters.parked -= 1;
+            }
+            let c = self.machine.conn_mut(id.idx, id.gen).expect("live");
+            c.io &= !(bit::PARKED | bit::HEARD);
+        }
+        let c = self.machine.conn_mut(id.idx, id.gen).expect("live");
         c.io |= bit::CLOSE_WANTED;
         if abort {
             c.io |= bit::ABORT;
@@ -290,7 +357,7 @@ impl State {
 
     /// After an operation of a connection ended: a connection to close with nothing in flight closes
     /// its descriptor.
-    fn after_op(&mut self, io: &mut Io<'_>, id: Id) -> io::Result<()> {
+    pub(crate) fn after_op(&mut self, io: &mut Io<'_>, id: Id) -> io::Result<()> {
         let Some(c) = self.machine.conn_mut(id.idx, id.gen) else {
             return Ok(());
         };

@@ -11,7 +11,8 @@
 //!
 //! Files: [`ring`] (setup, fallbacks, the submission side), [`bufring`] (all buffer-ring `unsafe`),
 //! [`token`] (the `user_data` layout), [`shard`] (the loop), `accept` (the listener), `conn`
-//! (actions and completions of connections), [`probe`] (start-up check).
+//! (actions and completions of connections), `park` (quiet connections wait on a poll instead of an
+//! armed receive), [`probe`] (start-up check).
 //!
 //! What it must not do: hold connection policy, allocate per message or per idle connection, keep a
 //! timer per connection, block, or know which protocol runs.
@@ -19,6 +20,7 @@
 mod accept;
 pub mod bufring;
 mod conn;
+mod park;
 pub mod probe;
 pub mod ring;
 pub mod shard;

@@ -16,6 +16,7 @@ use ringhold_core::{EngineConfig, Flush, Machine, ShardSpec, Shared};
 use tracing::{debug, info, warn};
 
 use crate::bufring::BufRing;
+use crate::park::Sweep;
 use crate::ring::{self, Io};
 use crate::token::{Op, Token};
 
@@ -55,6 +56,8 @@ pub(crate) struct State {
     last_flush: Instant,
     /// Min-wait batching of completions, where the kernel has it.
     batch: Option<ring::Batch>,
+    /// The park sweep (`--park-after`), unless parking is off.
+    pub(crate) sweep: Option<Sweep>,
 }
 
 impl Shard {
@@ -105,6 +108,7 @@ impl Shard {
                 want: want as usize,
                 min_wait_usec: usec,
             });
+        let cfg_park_after = cfg.park_after.filter(|d| !d.is_zero());
         let st = State {
             id,
             listener,
@@ -132,6 +136,7 @@ impl Shard {
             refused_in_flight: 0,
             last_flush: now,
             batch,
+            sweep: Sweep::new(cfg_park_after),
         };
         Ok(Shard { ring, st })
     }
@@ -194,6 +199,9 @@ impl State {
         if let Some(at) = self.machine.next_deadline() {
             d = d.min(Duration::from_millis(at.saturating_sub(now_ms)));
         }
+        if let Some(sw) = &self.sweep {
+            d = d.min(Duration::from_millis(sw.due_ms().saturating_sub(now_ms)));
+        }
         if let Some(at) = self.accept_resume_at.or(self.accept_release_at) {
             d = d.min(at.saturating_duration_since(Instant::now()));
         }
@@ -214,6 +222,7 @@ impl State {
             Op::Recv => self.on_recv(io, t, res, cqe.flags())?,
             Op::Send => self.on_send(io, t, res)?,
             Op::Shutdown | Op::Cancel | Op::SockOpt => self.on_aux(io, t, res)?,
+            Op::Poll => self.on_poll(io, t, res)?,
             Op::Close => self.on_close(t, res),
             Op::CloseRefused => self.refused_in_flight -= 1,
             Op::CancelAccept => {}
@@ -244,7 +253,8 @@ impl State {
         }
         let now_ms = self.now_ms();
         self.machine.tick(now_ms);
-        self.apply(io)
+        self.apply(io)?;
+        self.park_sweep(io)
     }
 
     fn begin_drain(&mut self, io: &mut Io<'_>) -> io::Result<()> {

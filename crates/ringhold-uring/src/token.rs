@@ -29,6 +29,8 @@ pub enum Op {
     CancelAccept = 8,
     /// Shutdown of a connection's write side (lingering close).
     Shutdown = 9,
+    /// A parked connection's readiness poll (POLLIN | POLLRDHUP), armed instead of a receive.
+    Poll = 10,
 }
 
 impl Op {
@@ -43,6 +45,7 @@ impl Op {
             7 => Op::CloseRefused,
             8 => Op::CancelAccept,
             9 => Op::Shutdown,
+            10 => Op::Poll,
             _ => return None,
         })
     }
@@ -94,6 +97,7 @@ mod tests {
             Op::CloseRefused,
             Op::CancelAccept,
             Op::Shutdown,
+            Op::Poll,
         ] {
             let t = Token::new(op, 0x00AB_CDEF, u32::MAX - 1);
             assert_eq!(Token::decode(t.encode()), Some(t));

@@ -103,6 +103,15 @@ fn parse_completion_batch(s: &str) -> Result<CompletionBatch, String> {
     Ok(CompletionBatch(Some((n, t.as_micros() as u32))))
 }
 
+/// `--park-after`: `0` (never) or at least 10 ms (a shorter sweep would cost more than it saves).
+fn parse_park_after(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if !d.is_zero() && d < Duration::from_millis(10) {
+        return Err(format!("'{s}' must be 0 (never park) or at least 10ms"));
+    }
+    Ok(d)
+}
+
 /// `--protocol`.
 #[derive(Clone, Copy, Debug)]
 pub struct ProtocolArg(pub Protocol);
@@ -247,6 +256,14 @@ pub struct ServeArgs {
     /// io_uring: fixed-file table slots per shard (0 = the RLIMIT_NOFILE soft limit, the kernel's cap).
     #[arg(long, env = "RINGHOLD_FIXED_FILES", default_value_t = 0)]
     pub fixed_files: u32,
+
+    /// io_uring: park a connection that received nothing for this long (it parks after 1× to 2× this):
+    /// it then waits on a readiness poll instead of an armed receive, which holds ~600 B less kernel
+    /// memory per connection, and reads once per wake-up; woken twice within this time, it is busy
+    /// again and gets its receive back. `0` = never park; otherwise at least 10ms. Busy connections
+    /// never park.
+    #[arg(long, env = "RINGHOLD_PARK_AFTER", default_value = "1s", value_parser = parse_park_after)]
+    pub park_after: Duration,
 
     // The four limit flags take `allow_hyphen_values` so that a negative value (`--max-conn-rate -3`)
     // reaches its parser and the error names the flag, instead of clap's "unexpected argument '-3'".

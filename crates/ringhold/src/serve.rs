@@ -126,6 +126,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         direct_descriptors: direct,
         completion_batch: args.completion_batch.0,
         fixed_files: fixed_files.min(u32::MAX as u64) as u32,
+        park_after: Some(args.park_after).filter(|d| !d.is_zero()),
     });
     let shared = Arc::new(Shared::with_conn_rate(
         args.max_connections,

@@ -37,6 +37,7 @@ const FLAGS: &[(&str, &str)] = &[
     ("--completion-batch", "RINGHOLD_COMPLETION_BATCH"),
     ("--no-direct-descriptors", "RINGHOLD_NO_DIRECT_DESCRIPTORS"),
     ("--fixed-files", "RINGHOLD_FIXED_FILES"),
+    ("--park-after", "RINGHOLD_PARK_AFTER"),
     ("--max-conn-rate", "RINGHOLD_MAX_CONN_RATE"),
     ("--rate-limit", "RINGHOLD_RATE_LIMIT"),
     ("--message-rate", "RINGHOLD_MESSAGE_RATE"),
@@ -134,6 +135,7 @@ fn bad_flag_values_are_one_line_errors() {
         (&["--tcp-keepalive", "1s"], "--tcp-keepalive"),
         (&["--max-connections=-1"], "--max-connections"),
         (&["--rate-limit", "fast"], "--rate-limit"),
+        (&["--park-after", "1ms"], "--park-after"),
     ];
     for (args, what) in cases {
         let mut c = ringhold();

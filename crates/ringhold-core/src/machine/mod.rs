@@ -276,6 +276,16 @@ impl Machine {
         self.slots.live()
     }
 
+    /// Slots `0 .. slot_count()` may hold connections (for an engine's own sweep over its bytes).
+    pub fn slot_count(&self) -> u32 {
+        self.slots.slot_count() as u32
+    }
+
+    /// The live connection in slot `idx`, whatever its generation (for an engine's own sweep).
+    pub fn live_conn_mut(&mut self, idx: u32) -> Option<&mut Conn> {
+        self.slots.live_mut(idx)
+    }
+
     /// Live slots, for an engine that must clean up after a failure.
     pub fn live_ids(&self) -> Vec<Id> {
         self.slots
