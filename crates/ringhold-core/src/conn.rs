@@ -33,6 +33,9 @@ pub(crate) mod flag {
     pub const WAIT_BUFFER: u16 = 1 << 9;
     /// The protocol was asked for a keep-alive probe (WebSocket ping) in this quiet spell.
     pub const PROBED: u16 = 1 << 10;
+    /// Woken from the buffer queue: one free buffer is spoken for until its receive completes (or
+    /// finds none again, or stops).
+    pub const PROMISED: u16 = 1 << 12;
 }
 
 /// One connection. `Copy` so that the slot table is a plain array.

@@ -97,6 +97,7 @@ impl Machine {
             if let Some(c) = self.slots.get_mut(idx, gen) {
                 if c.has(flag::WAIT_BUFFER) {
                     c.clear(flag::WAIT_BUFFER);
+                    c.set(flag::PROMISED);
                     c.stamp = tick;
                     self.waiting -= 1;
                     self.promised += 1;
@@ -105,6 +106,20 @@ impl Machine {
                 }
             }
         }
+    }
+
+    /// A woken waiter's receive came (with a buffer, or finding none again), or it stopped receiving
+    /// or closed: the buffer it was promised is no longer spoken for. Returns whether it had one.
+    pub(super) fn unpromise(&mut self, idx: u32, gen: u32) -> bool {
+        let Some(c) = self.slots.get_mut(idx, gen) else {
+            return false;
+        };
+        if !c.has(flag::PROMISED) {
+            return false;
+        }
+        c.clear(flag::PROMISED);
+        self.promised -= 1;
+        true
     }
 
     /// Receives wait for a buffer that no free buffer will serve, and the pool cannot grow.
@@ -128,7 +143,11 @@ impl Machine {
             return;
         }
         self.next_relief_ms = self.now_ms + PRESSURE_SCAN_MS;
-        let unserved = self.waiting - (self.free_buffers() - self.promised).min(self.waiting);
+        let unserved = self.waiting
+            - self
+                .free_buffers()
+                .saturating_sub(self.promised)
+                .min(self.waiting);
         let now = self.now_tick();
         let stall = self.ticks.pressure;
         let mut stalled: Vec<(u32, Id)> = self

@@ -409,7 +409,7 @@ impl Machine {
     ) {
         self.now_ms = now_ms;
         self.counters.bytes_received += n as u64;
-        self.promised = self.promised.saturating_sub(1);
+        self.unpromise(idx, gen);
         let tick = self.now_tick();
         let Some(c) = self.slots.get_mut(idx, gen) else {
             pool.recycle(bid);
@@ -458,6 +458,7 @@ impl Machine {
     /// The peer sent FIN (a receive returned 0).
     pub fn peer_fin(&mut self, idx: u32, gen: u32, now_ms: u64) {
         self.now_ms = now_ms;
+        self.unpromise(idx, gen);
         let Some(c) = self.slots.get_mut(idx, gen) else {
             return;
         };
@@ -493,7 +494,13 @@ impl Machine {
         if !c.has(flag::WAIT_BUFFER) {
             c.set(flag::WAIT_BUFFER);
             self.waiting += 1;
-            self.waiters.push_back(Id { idx, gen });
+            if self.unpromise(idx, gen) {
+                // Woken, but a connection that was not waiting took the buffer first (a burst of
+                // new connections): it keeps its place at the head of the queue.
+                self.waiters.push_front(Id { idx, gen });
+            } else {
+                self.waiters.push_back(Id { idx, gen });
+            }
         }
         self.sync(idx, gen);
         self.relieve_pressure();
@@ -667,6 +674,7 @@ impl Machine {
             } else {
                 c.clear(flag::READING);
                 self.actions.push_back(Action::StopRecv(id));
+                self.unpromise(idx, gen);
             }
         }
     }
@@ -688,6 +696,7 @@ impl Machine {
             c.clear(flag::WAIT_BUFFER); // its queue entry is skipped as stale
             self.waiting -= 1;
         }
+        self.unpromise(idx, gen);
         self.counters.close(reason);
         self.shared.release();
     }

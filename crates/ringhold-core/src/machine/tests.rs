@@ -1255,6 +1255,35 @@ fn waiters_are_woken_first_come_first_served_one_per_free_buffer() {
 }
 
 #[test]
+fn a_woken_waiter_that_loses_its_buffer_to_a_newcomer_keeps_its_place() {
+    // A burst of new connections can take the buffer a woken waiter was promised: the waiter then
+    // goes back to the head of the queue (not the tail, behind everyone who came after it), and
+    // the promise is released, so the next free buffer is its own.
+    let (mut s, hogs, ws) = waiting(3);
+    let newcomer = s.open();
+    s.allow(hogs[0], 16); // one buffer free
+    s.m.tick(s.now);
+    s.pump();
+    assert!(s.reading(ws[0]) && !s.reading(ws[1]));
+    // The newcomer's receive completes first and takes the buffer (its peer is not reading yet).
+    s.stop_reading(newcomer);
+    s.write(newcomer, 10);
+    assert!(s.deliver(newcomer));
+    assert!(s.deliver(ws[0]), "ws[0]'s receive completes");
+    assert!(!s.reading(ws[0]), "and finds no buffer: it waits again");
+    assert_eq!(s.m.counters().waiting_for_buffer, 3);
+    s.start_reading(newcomer); // the newcomer's echo goes out and gives its buffer back
+    s.m.tick(s.now);
+    s.pump();
+    assert!(
+        s.reading(ws[0]) && !s.reading(ws[1]) && !s.reading(ws[2]),
+        "the first to wait is the first served"
+    );
+    s.deliver_all(ws[0]);
+    assert!(s.echoed_all(ws[0]));
+}
+
+#[test]
 fn one_free_buffer_wakes_one_waiter_however_the_engine_ticks() {
     let (mut s, hogs, ws) = waiting(3);
     s.allow(hogs[0], 16); // one buffer free
