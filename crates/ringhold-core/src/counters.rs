@@ -136,6 +136,9 @@ pub struct ShardCounters {
     /// Times a connection holding buffers was paused because the pool ran low (the reserve is kept for
     /// connections that hold none).
     pub reserve_pauses: u64,
+    /// Times a connection's protocol stopped between requests because the answers queued for the
+    /// peer reached the output budget (`Step::Pause`; HTTP pipelining faster than the peer reads).
+    pub output_pauses: u64,
     /// The protocols' own counters (requests, responses, protocol errors).
     pub proto: crate::protocol::ProtoStats,
 }

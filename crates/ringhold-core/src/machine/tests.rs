@@ -180,6 +180,8 @@ struct Sim {
     ticks: u64,
     /// The protocol echoes: what a peer gets is a prefix of what it sent (off for HTTP).
     echoes: bool,
+    /// What peers write (`None`: the pattern bytes of [`pat`]): the next bytes of this stream.
+    stream: Option<&'static [u8]>,
 }
 
 impl Sim {
@@ -201,6 +203,7 @@ impl Sim {
             to_release: Vec::new(),
             ticks: 0,
             echoes: cfg.protocol == crate::protocol::Protocol::Echo,
+            stream: None,
         }
     }
 
@@ -494,7 +497,12 @@ impl Sim {
         let p = &mut self.peers[k];
         assert!(!p.fin_sent, "write after FIN");
         let from = p.written.len();
-        p.written.extend((from..from + n).map(|i| pat(k, i)));
+        match self.stream {
+            Some(st) => p
+                .written
+                .extend_from_slice(&st[from.min(st.len())..(from + n).min(st.len())]),
+            None => p.written.extend((from..from + n).map(|i| pat(k, i))),
+        }
     }
 
     /// Writes `n` bytes and receives while the engine receives.
@@ -2931,6 +2939,10 @@ fn pressure() -> impl Strategy<Value = Setup> {
 
 impl Setup {
     fn sim(&self) -> Sim {
+        self.sim_with(crate::protocol::Protocol::Echo)
+    }
+
+    fn sim_with(&self, protocol: crate::protocol::Protocol) -> Sim {
         let c = EngineConfig {
             buffers: self.buffers,
             buffer_size: self.size,
@@ -2942,6 +2954,7 @@ impl Setup {
             send_timeout: self.send.map(ms),
             linger_timeout: ms(self.linger),
             shutdown_timeout: ms(self.drain),
+            protocol,
             ..EngineConfig::default()
         };
         let mut s = Sim::with_shared(c, Arc::new(Shared::new(self.max_conn)));
@@ -3404,6 +3417,338 @@ fn pipelined(method: &str, path: &str, n: usize) -> Vec<u8> {
     format!("{method} {path} HTTP/1.1\r\nHost: h\r\n\r\n")
         .repeat(n)
         .into_bytes()
+}
+
+impl Sim {
+    fn is_paused(&self, k: usize) -> bool {
+        self.conn(k).has(crate::conn::flag::PAUSED)
+    }
+}
+
+/// A peer that pipelines GETs and reads nothing gets, from one read, at most its output budget of
+/// answers (`--pending-buffers` generated slots) plus one, however large the read and whatever the
+/// answers' size; reading stops until the answers are read. Before the budget, one 2 KiB read of
+/// such GETs took 42 slots (86 KiB of answers; 52 for `?length=2000`), and one 64 KiB read 1,359
+/// slots (2.7 MiB; 1,680 for `?length=2000`), all kept until the send timeout. Once the peer reads,
+/// every request is answered, in order, byte for byte as without a budget, and the slots taken stay
+/// within the budget all along.
+#[test]
+fn a_pipelining_peer_that_reads_nothing_gets_its_output_budget_and_no_more() {
+    for size in [2048u32, 65536] {
+        for (method, path) in [
+            ("GET", "/"),
+            ("GET", "/?length=2000"),
+            ("GET", "/?length=60000"),
+            ("HEAD", "/?length=100"),
+            ("GET", "/?length=1"),
+        ] {
+            let what = format!("{method} {path}, {size} B buffers");
+            let mut s = http_sim(size, 8);
+            let k = s.open();
+            s.stop_reading(k);
+            s.peers[k].written = pipelined(method, path, 3 * size as usize / 20);
+            s.deliver_all(k);
+            assert!(!s.reading(k), "{what}: reading stopped");
+            assert!(
+                s.m.counters.bytes_received < s.peers[k].written.len() as u64,
+                "{what}: not everything was read"
+            );
+            assert!(
+                s.m.out.slots_in_use() <= 9,
+                "{what}: {} slots in use for a peer that reads nothing",
+                s.m.out.slots_in_use()
+            );
+            assert!(
+                s.conn(k).queued <= 10,
+                "{what}: queued {}",
+                s.conn(k).queued
+            );
+            // It reads: every answer, in order, then more input is read.
+            s.start_reading(k);
+            s.deliver_all(k);
+            s.fin(k);
+            s.deliver_all(k);
+            let want = http_reference(&s.peers[k].written, true);
+            assert!(
+                s.peers[k].got == want,
+                "{what}: answers differ from an unbounded run"
+            );
+            assert!(
+                s.m.out.slots_allocated() <= 9,
+                "{what}: {} slots allocated",
+                s.m.out.slots_allocated()
+            );
+            assert!(s.closed(k), "{what}");
+            assert_eq!(s.closes(CloseReason::PeerClosed), 1, "{what}");
+            s.assert_clean();
+        }
+    }
+}
+
+/// The budget is `--pending-buffers` slots: what a peer that reads nothing is given grows with it.
+#[test]
+fn the_output_budget_follows_pending_buffers() {
+    for max_queued in [1u16, 2, 4, 16, 32] {
+        let mut s = http_sim(65536, max_queued);
+        let k = s.open();
+        s.stop_reading(k);
+        s.peers[k].written = pipelined("GET", "/", 2000);
+        s.deliver(k);
+        let used = s.m.out.slots_in_use();
+        assert!(
+            used <= max_queued as usize + 1 && used + 1 >= max_queued as usize,
+            "--pending-buffers {max_queued}: {used} slots"
+        );
+        s.start_reading(k);
+        s.deliver_all(k);
+        assert!(s.peers[k].got == http_reference(&s.peers[k].written, false));
+    }
+}
+
+/// 1000 requests sent at once, then the peer only reads (it sends nothing more and waits): every
+/// answer comes, in order, although no input arrives after the pause. With the FIN sent after the
+/// requests, the connection then closes in order (FIN both ways), with no 400 for the FIN.
+#[test]
+fn a_thousand_pipelined_requests_then_only_reading_are_all_answered() {
+    for fin in [false, true] {
+        let mut s = http_sim(65536, 8);
+        let k = s.open();
+        s.stop_reading(k);
+        s.peers[k].written = pipelined("GET", "/?length=700", 1000);
+        assert!(s.peers[k].written.len() < 65536, "one read");
+        if fin {
+            s.fin(k);
+        }
+        s.deliver_all(k);
+        assert!(s.is_paused(k));
+        let before = s.peers[k].got.len();
+        assert_eq!(before, 0, "nothing read yet");
+        s.start_reading(k);
+        s.deliver_all(k);
+        let want = http_reference(&s.peers[k].written, fin);
+        assert_eq!(s.peers[k].got.len(), want.len(), "fin {fin}");
+        assert!(s.peers[k].got == want, "fin {fin}: answers differ");
+        assert_eq!(
+            s.m.counters
+                .proto
+                .http
+                .responses
+                .iter()
+                .flatten()
+                .sum::<u64>(),
+            1000
+        );
+        assert!(
+            s.m.counters.output_pauses > 50,
+            "paused {} times",
+            s.m.counters.output_pauses
+        );
+        assert!(s.m.out.slots_allocated() <= 9);
+        assert_eq!(s.closed(k), fin);
+        if fin {
+            assert_eq!(s.closes(CloseReason::PeerClosed), 1);
+            assert_eq!(s.m.counters.proto.http.truncated, 0);
+            s.assert_clean();
+        } else {
+            assert!(
+                s.reading(k) && !s.is_paused(k),
+                "reads on once all is answered"
+            );
+        }
+    }
+}
+
+/// Receives that complete while paused (in flight when reading stopped), and the FIN after them,
+/// wait behind the held requests: the peer gets every answer in order, then the orderly close.
+/// Requests straddle the receive buffers, so a head is cut between held buffers.
+#[test]
+fn receives_and_fin_that_arrive_while_paused_wait_their_turn() {
+    for size in [2048u32, 1000, 333] {
+        let mut s = http_sim(size, 2);
+        let k = s.open();
+        s.stop_reading(k);
+        let mut input = Vec::new();
+        for i in 0..300 {
+            match i % 3 {
+                0 => input.extend(pipelined("GET", &format!("/?length={}", 1 + i * 7), 1)),
+                1 => input.extend_from_slice(
+                    b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\nhello world",
+                ),
+                _ => input.extend(pipelined("HEAD", "/", 1)),
+            }
+        }
+        s.peers[k].written = input;
+        s.fin(k);
+        s.deliver_all(k);
+        assert!(s.is_paused(k));
+        while s.deliver_late(k) {}
+        assert!(s.peers[k].fin_delivered);
+        assert!(s.is_paused(k) && !s.closed(k));
+        s.start_reading(k);
+        let want = http_reference(&s.peers[k].written, true);
+        assert!(s.peers[k].got == want, "{size} B buffers: answers differ");
+        assert!(s.closed(k));
+        assert_eq!(s.closes(CloseReason::PeerClosed), 1);
+        assert_eq!(s.m.counters.proto.http.truncated, 0);
+        s.assert_clean();
+    }
+}
+
+/// A bad request among the held ones is found when its turn comes: the answers before it, its
+/// error answer, then the graceful close (FIN after the last byte, no RST).
+#[test]
+fn a_protocol_error_in_held_input_is_answered_in_its_turn() {
+    let mut s = http_sim(2048, 2);
+    let k = s.open();
+    s.stop_reading(k);
+    let mut input = pipelined("GET", "/?length=900", 30);
+    input.extend_from_slice(b"GET / HTTP/9.1\r\nHost: h\r\n\r\n");
+    input.extend(pipelined("GET", "/", 5));
+    s.peers[k].written = input;
+    s.peers[k].fin_on_eof = true;
+    s.deliver_all(k);
+    assert!(s.is_paused(k));
+    s.start_reading(k);
+    s.deliver_all(k);
+    let want = http_reference(&s.peers[k].written, false);
+    assert!(s.peers[k].got == want);
+    assert!(String::from_utf8_lossy(&s.peers[k].got).contains(" 505 "));
+    assert!(s.eof_at(k).is_some(), "our FIN after the error answer");
+    assert_eq!(s.closes(CloseReason::ProtocolError), 1);
+    s.deliver_all(k);
+    assert!(s.closed(k));
+    s.assert_clean();
+}
+
+/// A paused connection whose peer reads nothing is on the stall clock (closed at the send timeout,
+/// with an RST), never on the idle clock; one whose peer reads slowly is never closed.
+#[test]
+fn a_paused_connection_is_stalled_never_idle() {
+    let mut s = http_sim(2048, 2);
+    let k = s.open();
+    s.stop_reading(k);
+    s.peers[k].written = pipelined("GET", "/", 60);
+    s.deliver_all(k);
+    assert!(s.is_paused(k));
+    s.advance(3000);
+    assert!(!s.closed(k));
+    s.advance(400);
+    assert!(s.closed(k));
+    assert_eq!(s.closes(CloseReason::SendTimeout), 1);
+    assert_eq!(s.closes(CloseReason::IdleTimeout), 0);
+    assert!(matches!(s.actions(k).last(), Some(Action::Abort(_))));
+    s.assert_clean();
+
+    // Slowly: 4 KiB every 2 s (less often than the timeouts).
+    let mut s = http_sim(2048, 2);
+    let k = s.open();
+    s.stop_reading(k);
+    s.peers[k].written = pipelined("GET", "/", 60);
+    s.deliver_all(k);
+    let mut t = 0;
+    while s.peers[k].got.len() < http_reference(&s.peers[k].written, false).len() {
+        s.advance(2000);
+        s.allow(k, 4096);
+        t += 2;
+        assert!(t < 100, "stuck");
+    }
+    assert!(!s.closed(k));
+    assert_eq!(s.m.counters.closes.iter().sum::<u64>(), 0);
+    assert!(s.peers[k].got == http_reference(&s.peers[k].written, false));
+}
+
+/// A drain while paused: what is queued is sent, then our FIN; the held requests are never
+/// answered (the peer got a prefix of the answers, cut between answers), and nothing leaks.
+#[test]
+fn a_drain_while_paused_flushes_the_queue_and_drops_the_held_requests() {
+    let mut s = http_sim(2048, 2);
+    let k = s.open();
+    s.stop_reading(k);
+    s.peers[k].written = pipelined("GET", "/?length=500", 60);
+    s.peers[k].fin_on_eof = true;
+    s.deliver_all(k);
+    assert!(s.is_paused(k));
+    s.shutdown();
+    s.start_reading(k);
+    assert!(s.eof_at(k).is_some(), "FIN after the flush");
+    let want = http_reference(&s.peers[k].written, false);
+    let got = &s.peers[k].got;
+    assert!(got.len() < want.len() && want.starts_with(got));
+    assert!(
+        want[got.len()..].starts_with(b"HTTP/1.1 200 OK"),
+        "cut between answers"
+    );
+    s.deliver_all(k);
+    s.advance(1000);
+    assert!(s.m.finished());
+    s.assert_clean();
+}
+
+/// The request stream HTTP peers of the random tests write: GET, HEAD and POST, pipelined.
+fn http_stream() -> &'static [u8] {
+    static STREAM: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    STREAM.get_or_init(|| {
+        let mut v = Vec::new();
+        let mut x = 12345u32;
+        while v.len() < 128 * 1024 {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            let n = 1 + (x >> 8) % 3000;
+            match (x >> 4) % 4 {
+                0 => v.extend(pipelined("GET", &format!("/?length={n}"), 1)),
+                1 => v.extend(pipelined("HEAD", "/", 1)),
+                2 => {
+                    let body = &crate::http::BODY_TEXT[..(n % 300) as usize];
+                    v.extend_from_slice(
+                        format!(
+                            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    );
+                    v.extend_from_slice(body);
+                }
+                _ => v.extend(pipelined("GET", "/", 1)),
+            }
+        }
+        v
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// HTTP peers pipelining at random, under random events (receive sizes, reads, stops, FINs,
+    /// errors, time): no buffer leaks, every peer gets a prefix of what an unbounded connection
+    /// answers to what it sent, and one that ended normally gets all of it.
+    #[test]
+    fn random_events_on_http_never_leak_lose_or_reorder(setup in setup(), evs in prop::collection::vec(ev(), 1..200)) {
+        let mut s = setup.http_sim();
+        for _ in 0..setup.slots.min(4) {
+            s.run(&Ev::Accept, &setup);
+        }
+        for e in &evs {
+            s.run(e, &setup);
+        }
+        let normal = s.finish();
+        for (k, p) in s.peers.iter().enumerate() {
+            let want = http_reference(&p.written[..p.delivered], p.fin_delivered);
+            prop_assert!(want.starts_with(&p.got), "peer {}: not a prefix of the answers", k);
+            if normal.contains(&k) {
+                prop_assert!(p.got == want, "peer {} ended normally but got {} of {} bytes",
+                    k, p.got.len(), want.len());
+            }
+        }
+        s.assert_clean();
+    }
+}
+
+impl Setup {
+    /// HTTP peers writing [`http_stream`].
+    fn http_sim(&self) -> Sim {
+        let mut s = self.sim_with(crate::protocol::Protocol::Http);
+        s.stream = Some(http_stream());
+        s
+    }
 }
 
 /// A connection that holds nothing but an incomplete unit (a request head split across reads, kept
