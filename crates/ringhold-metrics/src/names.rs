@@ -22,6 +22,7 @@ pub const LINGERING_CLOSES: &str = "ringhold_lingering_closes_total";
 pub const LINGER_TIMEOUTS: &str = "ringhold_linger_timeouts_total";
 pub const WAITING_FOR_BUFFER: &str = "ringhold_connections_waiting_for_buffer";
 pub const RESERVE_PAUSES: &str = "ringhold_buffer_reserve_pauses_total";
+pub const OUTPUT_PAUSES: &str = "ringhold_output_pauses_total";
 pub const HTTP_RESPONSES: &str = "ringhold_http_responses_total";
 pub const HTTP_PROTOCOL_ERRORS: &str = "ringhold_http_protocol_errors_total";
 pub const HTTP_CONTINUES: &str = "ringhold_http_continues_total";
@@ -41,7 +42,7 @@ pub const BUILD_INFO: &str = "ringhold_build_info";
 pub const SCRAPES: &str = "ringhold_metrics_scrapes_total";
 
 /// Every metric name ringhold exports, for tests and docs.
-pub const ALL: [&str; 34] = [
+pub const ALL: [&str; 35] = [
     CONNECTIONS_ACTIVE,
     ACCEPTS,
     CLOSES,
@@ -60,6 +61,7 @@ pub const ALL: [&str; 34] = [
     LINGER_TIMEOUTS,
     WAITING_FOR_BUFFER,
     RESERVE_PAUSES,
+    OUTPUT_PAUSES,
     HTTP_RESPONSES,
     HTTP_PROTOCOL_ERRORS,
     HTTP_CONTINUES,
@@ -208,6 +210,11 @@ pub(crate) fn describe() {
         RESERVE_PAUSES,
         Unit::Count,
         "Times a connection holding buffers stopped reading early because the shard's buffer pool ran low (the reserve is kept for connections holding none)."
+    );
+    describe_counter!(
+        OUTPUT_PAUSES,
+        Unit::Count,
+        "Times a connection's protocol stopped between pipelined requests because the answers queued for the peer reached its output budget (--pending-buffers generated slots); the rest waits until they are sent."
     );
     describe_counter!(
         HTTP_RESPONSES,

@@ -47,6 +47,7 @@ pub struct ShardMetrics {
     linger_timeouts: Counter,
     waiting_for_buffer: Gauge,
     reserve_pauses: Counter,
+    output_pauses: Counter,
     http: HttpMetrics,
     ws: WsMetrics,
 }
@@ -177,6 +178,7 @@ impl ShardMetrics {
             linger_timeouts: counter!(LINGER_TIMEOUTS, "shard" => s.clone()),
             waiting_for_buffer: gauge!(WAITING_FOR_BUFFER, "shard" => s.clone()),
             reserve_pauses: counter!(RESERVE_PAUSES, "shard" => s.clone()),
+            output_pauses: counter!(OUTPUT_PAUSES, "shard" => s.clone()),
             http: HttpMetrics::new(&s),
             ws: WsMetrics::new(&s),
         };
@@ -213,6 +215,7 @@ impl ShardMetrics {
         self.linger_timeouts.absolute(c.linger_timeouts);
         self.waiting_for_buffer.set(c.waiting_for_buffer as f64);
         self.reserve_pauses.absolute(c.reserve_pauses);
+        self.output_pauses.absolute(c.output_pauses);
         self.http.flush(&c.proto.http);
         self.ws.flush(&c.proto.ws);
     }
