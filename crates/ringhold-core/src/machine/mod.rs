@@ -32,7 +32,8 @@
 //! - The protocol ([`crate::protocol`]) sees every received buffer and answers through a sink.
 //! - Output budget ([`input`]): what one protocol call may generate is bounded by what is left of the
 //!   connection's `--pending-buffers` (buffers and 2 KiB generated slots it holds). Past it, a
-//!   protocol stops between units (HTTP: between pipelined requests, after at least one answer) and
+//!   protocol stops between units (HTTP: between pipelined requests; WebSocket: between frames;
+//!   always after at least one answer) and
 //!   the rest of the input is held (in place in its buffer); reading stops, and once the answers
 //!   were sent the held input is handed in again alone, within the same send cycle, without
 //!   waiting for input (the peer may have sent everything and wait). A FIN that came meanwhile is

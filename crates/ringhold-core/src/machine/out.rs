@@ -193,6 +193,11 @@ impl Out {
         self.slots.len()
     }
 
+    /// Queue nodes allocated so far (each [`NODE_BYTES`]; kept for reuse).
+    pub fn nodes_allocated(&self) -> usize {
+        self.nodes.len as usize
+    }
+
     /// Generated slots in use.
     pub fn slots_in_use(&self) -> usize {
         self.slots.len() - self.free_slots.len()

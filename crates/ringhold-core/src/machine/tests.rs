@@ -3775,3 +3775,54 @@ fn a_head_split_across_reads_is_completed_with_an_allowance_of_one() {
         3
     );
 }
+
+/// WebSocket pauses between frames too: tiny frames echoed in place each take a queue node (32 B)
+/// for their 7 bytes of input, and nodes are kept for reuse. A peer that writes 20,000 pings and
+/// reads nothing took, before the budget, 2,346 nodes (73 KiB) with 2 KiB buffers and 20,000 (625
+/// KiB: every ping read and answered) with 64 KiB buffers. Now a call stops at the room the
+/// connection has left; nodes are not part of a connection's holding, so what it can take is the
+/// sum of its calls' rooms until its allowance stops reading (at most 36 slots' worth, 72 KiB, at
+/// `--pending-buffers` 8). Measured: 1,430 nodes (45 KiB) and 513 (16 KiB). Then every pong
+/// arrives, in order.
+#[test]
+fn a_websocket_peer_that_pings_and_reads_nothing_takes_few_nodes() {
+    for size in [2048u32, 65536] {
+        let mut s = Sim::new(EngineConfig {
+            buffer_size: size,
+            buffers: 64,
+            max_queued_buffers: 8,
+            protocol: crate::protocol::Protocol::Websocket,
+            ..cfg()
+        });
+        let k = s.open();
+        s.peers[k].written =
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                .to_vec();
+        s.deliver_all(k);
+        let head = s.peers[k].got.len();
+        s.stop_reading(k);
+        const PINGS: usize = 20_000;
+        for i in 0..PINGS {
+            s.peers[k]
+                .written
+                .extend_from_slice(&[0x89, 0x81, 0, 0, 0, 0, i as u8]);
+        }
+        s.deliver_all(k);
+        assert!(!s.reading(k), "{size}: reading stopped");
+        let nodes = s.m.out.nodes_allocated();
+        assert!(
+            nodes * super::out::NODE_BYTES <= 80 << 10,
+            "{size} B buffers: {nodes} nodes for a peer that reads nothing"
+        );
+        s.start_reading(k);
+        s.deliver_all(k);
+        let want: Vec<u8> = (0..PINGS).flat_map(|i| [0x8A, 1, i as u8]).collect();
+        assert!(s.peers[k].got[head..] == want[..], "{size}: pongs differ");
+        assert!(s.m.counters.output_pauses > 0);
+        s.fin(k);
+        s.deliver_all(k);
+        assert!(s.closed(k));
+        s.assert_clean();
+    }
+}
