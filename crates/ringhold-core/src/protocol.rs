@@ -54,8 +54,8 @@ pub enum Step {
     /// Bytes from `from` to the end of the input are an incomplete unit that can only be parsed whole
     /// (an HTTP request head or chunk-size line, a WebSocket handshake, close frame or text chunk):
     /// keep them and hand them in again, followed by what arrives next, as one slice (whose in-place
-    /// output the machine then copies). The protocol bounds how much it asks to be kept (its own
-    /// header limit, 4 KiB of text).
+    /// output the machine then copies). The machine keeps them as a copy, not in their receive
+    /// buffer. The protocol bounds how much it asks to be kept (its own header limit, 4 KiB of text).
     Hold { from: usize },
     /// Bytes from `from` to the end of the input are complete units not handled yet: the output said
     /// so far used up the budget ([`Sink::over_budget`]). Keep them, stop reading, and once what

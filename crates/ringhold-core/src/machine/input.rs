@@ -153,9 +153,8 @@ impl Machine {
     /// is the bytes gathered from the hold ([`Feed`]) followed by a buffer range; without gathered
     /// bytes it is the buffer range itself, in place (its output points into the buffer), else a
     /// copy (its output is copied). What the protocol keeps (`Hold`, `Pause`) goes back to the front
-    /// of the hold: in place when it lies in the buffer range (a `Hold` in place only if nothing else
-    /// is held behind it), copied otherwise. Returns the step and whether more held input follows
-    /// what was handed in.
+    /// of the hold: a `Pause` in place when it lies in the buffer range, a `Hold` (an incomplete unit)
+    /// always copied. Returns the step and whether more held input follows what was handed in.
     pub(super) fn feed(
         &mut self,
         pool: &mut impl Pool,
@@ -250,8 +249,11 @@ impl Machine {
             if let Step::Hold { from } | Step::Pause { from } = step {
                 let from = from.min(len as usize) as u32;
                 if from < len {
-                    if more && matches!(step, Step::Hold { .. }) {
-                        // Held input follows: the unit is handed in again with it, so copied.
+                    if matches!(step, Step::Hold { .. }) {
+                        // An incomplete unit is copied out (bounded by the protocol's limit): kept
+                        // in place, it would pin a receive buffer until the peer completes it, and
+                        // peers that never do (a slow or stalled request head) could hold every
+                        // buffer of the pool with nothing to send, so that no receive is served.
                         let b = &pool.bytes_mut(bid)[(off + from) as usize..(off + len) as usize];
                         c.queued += self.out.push_copy(&mut rest, b);
                     } else {

@@ -182,6 +182,8 @@ struct Sim {
     echoes: bool,
     /// What peers write (`None`: the pattern bytes of [`pat`]): the next bytes of this stream.
     stream: Option<&'static [u8]>,
+    /// A write event writes this many times the bytes it names.
+    write_scale: usize,
 }
 
 impl Sim {
@@ -204,6 +206,7 @@ impl Sim {
             ticks: 0,
             echoes: cfg.protocol == crate::protocol::Protocol::Echo,
             stream: None,
+            write_scale: 1,
         }
     }
 
@@ -497,6 +500,7 @@ impl Sim {
         let p = &mut self.peers[k];
         assert!(!p.fin_sent, "write after FIN");
         let from = p.written.len();
+        let n = n * self.write_scale;
         match self.stream {
             Some(st) => p
                 .written
@@ -3743,10 +3747,17 @@ proptest! {
 }
 
 impl Setup {
-    /// HTTP peers writing [`http_stream`].
+    /// HTTP peers writing [`http_stream`], 8 times as much per write event, into buffers 64 times
+    /// as large (64 B to 2.5 KiB: a read holds several requests, so that answering one read can
+    /// pass the output budget).
     fn http_sim(&self) -> Sim {
-        let mut s = self.sim_with(crate::protocol::Protocol::Http);
+        let s = Setup {
+            size: self.size * 64,
+            ..self.clone()
+        };
+        let mut s = s.sim_with(crate::protocol::Protocol::Http);
         s.stream = Some(http_stream());
+        s.write_scale = 8;
         s
     }
 }
@@ -3825,4 +3836,37 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
         assert!(s.closed(k));
         s.assert_clean();
     }
+}
+
+/// Peers that send part of a request head and stop (slowloris) pin no receive buffer: the held part
+/// is copied out. 40 of them against a pool of 16 buffers leave every buffer free, a well-behaved
+/// client is served at once, and each slow one is answered when it completes its head. (When the
+/// part was kept in its buffer, the pool was theirs: every other receive waited for a buffer that
+/// no send would free, and buffer pressure closes only peers that owe reads.)
+#[test]
+fn partial_heads_pin_no_receive_buffer() {
+    let mut s = Sim::new(EngineConfig {
+        buffer_size: 512,
+        buffers: 16,
+        max_queued_buffers: 8,
+        protocol: crate::protocol::Protocol::Http,
+        ..cfg()
+    });
+    let slow: Vec<usize> = (0..40).map(|_| s.open()).collect();
+    for &k in &slow {
+        s.peers[k].written = b"GET /?length=5 HTTP/1.1\r\nHost: h\r\nX-Slow: ".to_vec();
+        s.deliver_all(k);
+        assert!(s.reading(k));
+    }
+    assert_eq!(s.m.buffers_held(), 0);
+    let k = s.open();
+    s.peers[k].written = pipelined("GET", "/?length=5", 3);
+    s.deliver_all(k);
+    assert!(s.peers[k].got == http_reference(&s.peers[k].written, false));
+    for &k in &slow {
+        s.peers[k].written.extend_from_slice(b"1\r\n\r\n");
+        s.deliver_all(k);
+        assert!(s.peers[k].got == http_reference(&s.peers[k].written, false));
+    }
+    assert_eq!(s.m.buffers_held(), 0);
 }
