@@ -15,6 +15,16 @@
 //! So a peer that pipelines requests and reads nothing gets its queue filled to the budget, plus
 //! one answer, and no more, whatever the buffer size or the pipelining depth; a peer that reads
 //! gets the same bytes as without the budget, in the same order.
+//!
+//! Choices: the budget is the existing per-connection bound (`--pending-buffers`, counted in the
+//! same `queued` as receive buffers), so one flag says what a connection may hold whichever way it
+//! got there, with no new state in `Conn` (one flag bit); it is a count of slots because slots, not
+//! bytes, are what memory is taken in (a 150-byte head before a static body takes a whole slot).
+//! The held input is handed in again once the queue is empty, not half empty: the kernel's send
+//! buffer still holds what was sent, so the wire stays busy while the next answers are made, and
+//! "empty" cannot be missed (a hold that itself takes slots could keep "half" from ever coming).
+//! Generated slots are not counted in the shard's buffer fairness: they are not receive buffers,
+//! and a connection's share of them is bounded here.
 
 use std::time::Duration;
 
