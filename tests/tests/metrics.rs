@@ -24,7 +24,7 @@ use ringhold_tests::metrics::{Scrape, LOAD_NAMES};
 use ringhold_tests::{both_engines, net, secs, serial, server, tools, wait_until, Engine, Server};
 
 /// Every metric ringhold exports (the contract with the dashboard and with users' alerts).
-const NAMES: [&str; 36] = [
+const NAMES: [&str; 37] = [
     "ringhold_connections_active",
     "ringhold_accepts_total",
     "ringhold_closes_total",
@@ -45,6 +45,7 @@ const NAMES: [&str; 36] = [
     "ringhold_buffer_reserve_pauses_total",
     "ringhold_connections_parked",
     "ringhold_parks_total",
+    "ringhold_output_pauses_total",
     "ringhold_http_responses_total",
     "ringhold_http_protocol_errors_total",
     "ringhold_http_continues_total",

@@ -36,6 +36,9 @@ pub(crate) mod flag {
     /// Woken from the buffer queue: one free buffer is spoken for until its receive completes (or
     /// finds none again, or stops).
     pub const PROMISED: u16 = 1 << 12;
+    /// The protocol paused (`Step::Pause`): `hold` keeps input not handled yet; reading stops until
+    /// the output has drained and the held input has been handed in again.
+    pub const PAUSED: u16 = 1 << 11;
 }
 
 /// One connection. `Copy` so that the slot table is a plain array.
@@ -53,7 +56,8 @@ pub struct Conn {
     pub(crate) due: u32,
     /// What is waiting to be sent.
     pub(crate) out: Queue,
-    /// Received bytes the protocol asked to keep (an incomplete request head).
+    /// Received bytes the protocol asked to keep: an incomplete unit (`Step::Hold`, a request head),
+    /// or input not handled yet while paused (`Step::Pause`, then also buffers that arrived after).
     pub(crate) hold: Queue,
     /// Policy flags (`flag`).
     pub(crate) flags: u16,
@@ -104,7 +108,7 @@ impl Conn {
         if self.has(flag::FLUSH_CLOSE | flag::LINGER) {
             return true; // read and discard, so that the close ends in FIN, not RST
         }
-        !self.has(flag::BACKPRESSURE | flag::THROTTLED)
+        !self.has(flag::BACKPRESSURE | flag::THROTTLED | flag::PAUSED)
     }
 }
 
@@ -126,6 +130,10 @@ mod tests {
         assert!(c.is_live() && c.wants_read());
         c.set(flag::THROTTLED);
         assert!(!c.wants_read());
+        c.clear(flag::THROTTLED);
+        c.set(flag::PAUSED);
+        assert!(!c.wants_read(), "a paused connection does not read");
+        c.set(flag::THROTTLED);
         c.set(flag::FLUSH_CLOSE);
         assert!(c.wants_read(), "a closing connection reads to discard");
         c.set(flag::PEER_FIN);

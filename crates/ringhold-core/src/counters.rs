@@ -141,6 +141,9 @@ pub struct ShardCounters {
     pub parked: u64,
     /// io_uring only: times a quiet connection was parked.
     pub parks: u64,
+    /// Times a connection's protocol stopped between requests because the answers queued for the
+    /// peer reached the output budget (`Step::Pause`; HTTP pipelining faster than the peer reads).
+    pub output_pauses: u64,
     /// The protocols' own counters (requests, responses, protocol errors).
     pub proto: crate::protocol::ProtoStats,
 }

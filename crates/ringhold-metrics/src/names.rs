@@ -24,6 +24,7 @@ pub const WAITING_FOR_BUFFER: &str = "ringhold_connections_waiting_for_buffer";
 pub const RESERVE_PAUSES: &str = "ringhold_buffer_reserve_pauses_total";
 pub const PARKED: &str = "ringhold_connections_parked";
 pub const PARKS: &str = "ringhold_parks_total";
+pub const OUTPUT_PAUSES: &str = "ringhold_output_pauses_total";
 pub const HTTP_RESPONSES: &str = "ringhold_http_responses_total";
 pub const HTTP_PROTOCOL_ERRORS: &str = "ringhold_http_protocol_errors_total";
 pub const HTTP_CONTINUES: &str = "ringhold_http_continues_total";
@@ -43,7 +44,7 @@ pub const BUILD_INFO: &str = "ringhold_build_info";
 pub const SCRAPES: &str = "ringhold_metrics_scrapes_total";
 
 /// Every metric name ringhold exports, for tests and docs.
-pub const ALL: [&str; 36] = [
+pub const ALL: [&str; 37] = [
     CONNECTIONS_ACTIVE,
     ACCEPTS,
     CLOSES,
@@ -64,6 +65,7 @@ pub const ALL: [&str; 36] = [
     RESERVE_PAUSES,
     PARKED,
     PARKS,
+    OUTPUT_PAUSES,
     HTTP_RESPONSES,
     HTTP_PROTOCOL_ERRORS,
     HTTP_CONTINUES,
@@ -222,6 +224,11 @@ pub(crate) fn describe() {
         PARKS,
         Unit::Count,
         "io_uring: times a quiet connection was parked (0 on epoll)."
+    );
+    describe_counter!(
+        OUTPUT_PAUSES,
+        Unit::Count,
+        "Times a connection's protocol stopped between pipelined requests because the answers queued for the peer reached its output budget (--pending-buffers generated slots); the rest waits until they are sent."
     );
     describe_counter!(
         HTTP_RESPONSES,

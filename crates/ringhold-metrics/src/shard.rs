@@ -49,6 +49,7 @@ pub struct ShardMetrics {
     parked: Gauge,
     parks: Counter,
     reserve_pauses: Counter,
+    output_pauses: Counter,
     http: HttpMetrics,
     ws: WsMetrics,
 }
@@ -181,6 +182,7 @@ impl ShardMetrics {
             reserve_pauses: counter!(RESERVE_PAUSES, "shard" => s.clone()),
             parked: gauge!(PARKED, "shard" => s.clone()),
             parks: counter!(PARKS, "shard" => s.clone()),
+            output_pauses: counter!(OUTPUT_PAUSES, "shard" => s.clone()),
             http: HttpMetrics::new(&s),
             ws: WsMetrics::new(&s),
         };
@@ -219,6 +221,7 @@ impl ShardMetrics {
         self.reserve_pauses.absolute(c.reserve_pauses);
         self.parked.set(c.parked as f64);
         self.parks.absolute(c.parks);
+        self.output_pauses.absolute(c.output_pauses);
         self.http.flush(&c.proto.http);
         self.ws.flush(&c.proto.ws);
     }

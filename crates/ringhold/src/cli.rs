@@ -198,6 +198,8 @@ pub struct ServeArgs {
     pub buffers: u16,
 
     /// Most buffers one connection may hold while its echo waits for the peer to read (backpressure).
+    /// Also its output budget: `--protocol http` answers pipelined requests at most this many 2 KiB
+    /// slots ahead of what the peer has read (the rest waits, unread, until it reads).
     #[arg(long, env = "RINGHOLD_PENDING_BUFFERS", default_value_t = 8,
           value_parser = clap::value_parser!(u8).range(1..=64))]
     pub pending_buffers: u8,

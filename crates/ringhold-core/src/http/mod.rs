@@ -21,6 +21,13 @@
 //!   message; then the connection closes as after any error (the write side shut down after what was
 //!   sent, input read and dropped until the peer's FIN: no RST).
 //!
+//! Pipelining is bounded by the connection's output budget ([`Sink::over_budget`]): once the answers
+//! given in one call used it up, the call stops before the next request head and returns
+//! [`Step::Pause`] with the rest of the input, which the machine hands in again once those answers
+//! were sent. A call always answers at least one request before it pauses (a pause only ever comes
+//! between requests, so the connection's state is `Phase::Head`, nothing held), and the answers are
+//! byte for byte those of an unbounded run.
+//!
 //! Request heads are parsed by httparse, whole: a head split across reads is held by the machine
 //! ([`Step::Hold`]) and handed in again, longer, up to [`HttpConfig::max_header_bytes`]. Chunked
 //! framing is held the same way, a unit at a time (`chunked.rs`); bodies' data streams as it comes.
@@ -138,6 +145,8 @@ impl HttpConn {
     ) -> Step {
         self.flags &= !flag::HELD;
         let mut pos = 0;
+        // A request was answered in this call: past the output budget, the next one waits.
+        let mut answered = false;
         loop {
             match self.phase {
                 Phase::Closed => return Step::Close(self.closing()),
@@ -149,6 +158,9 @@ impl HttpConn {
                     if pos == input.len() {
                         return Step::Continue;
                     }
+                    if answered && sink.over_budget() {
+                        return Step::Pause { from: pos };
+                    }
                     match head::parse(cfg, &input[pos..]) {
                         Parsed::Partial => {
                             self.flags |= flag::HELD;
@@ -157,6 +169,7 @@ impl HttpConn {
                         Parsed::Fail(method, e) => return self.fail(ctx, sink, stats, method, e),
                         Parsed::Done(req, len) => {
                             pos += len;
+                            answered = true;
                             if let Some(step) = self.respond(ctx, sink, stats, &req) {
                                 return step;
                             }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::input::Recorder;
+use super::input::{Budget, Recorder};
 use super::Machine;
 use crate::conn::{flag, Conn};
 use crate::wheel::Check;
@@ -68,6 +68,7 @@ impl Machine {
         let mut rec = Recorder {
             said: &mut self.said,
             generated: &mut self.generated,
+            budget: Budget::NONE,
         };
         if !c.proto.on_quiet(&mut self.counters.proto, &mut rec) {
             // Nothing went out (so no send moves the clock): the rest of the idle time runs from
@@ -182,7 +183,7 @@ pub(super) fn deadline(c: &Conn, now: u32, t: Ticks) -> Option<u32> {
     if t.idle == 0 {
         return Some(PARK);
     }
-    if c.has(flag::THROTTLED | flag::WAIT_BUFFER | flag::FLUSH_CLOSE) {
+    if c.has(flag::THROTTLED | flag::WAIT_BUFFER | flag::FLUSH_CLOSE | flag::PAUSED) {
         // We are the ones not reading: not idle. Looked at again one timeout from now.
         return Some(now.saturating_add(t.idle));
     }

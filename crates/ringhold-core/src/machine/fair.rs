@@ -75,7 +75,10 @@ impl Machine {
         let Some(c) = self.slots.get_mut(idx, gen) else {
             return;
         };
-        let over = c.queued >= allowance.max(1);
+        // Only a connection with answers queued waits for its queue to drain: one that holds nothing
+        // but an incomplete unit (a request head split across reads, held in its buffer) must read
+        // on to complete it, or it would wait forever (the held unit is bounded by the protocol).
+        let over = c.output_pending() && c.queued >= allowance.max(1);
         if over && !c.has(flag::BACKPRESSURE) {
             c.set(flag::BACKPRESSURE);
             if c.queued < self.lim.max_queued {

@@ -30,6 +30,16 @@
 //!   time (nginx `lingering_timeout`), then close: the peer sees every byte we owed it, then EOF, never
 //!   an RST. Errors and send timeouts close at once.
 //! - The protocol ([`crate::protocol`]) sees every received buffer and answers through a sink.
+//! - Output budget ([`input`]): what one protocol call may generate is bounded by what is left of the
+//!   connection's `--pending-buffers` (buffers and 2 KiB generated slots it holds). Past it, a
+//!   protocol stops between units (HTTP: between pipelined requests; WebSocket: between frames;
+//!   always after at least one answer) and
+//!   the rest of the input is held (in place in its buffer); reading stops, and once the answers
+//!   were sent the held input is handed in again alone, within the same send cycle, without
+//!   waiting for input (the peer may have sent everything and wait). A FIN that came meanwhile is
+//!   handed to the protocol after the held requests; a close the server starts drops them. So a
+//!   peer that pipelines and reads nothing holds `--pending-buffers` slots plus one answer, not
+//!   an answer for every request it sent.
 
 mod clock;
 mod fair;
@@ -53,7 +63,7 @@ use crate::wheel::TimerWheel;
 use crate::{CloseReason, EngineConfig, RejectReason, ShardCounters, Shared};
 
 use clock::Ticks;
-use input::{Recorder, Said};
+use input::{Budget, Recorder, Said};
 pub use out::Front;
 use out::Out;
 use throttle::{ceil_ms, Throttles};
@@ -428,17 +438,22 @@ impl Machine {
         }
         c.clear(flag::PROBED);
         let before = c.queued;
-        let step = self.run_protocol(pool, idx, gen, bid, n);
+        let step = if c.has(flag::PAUSED) {
+            self.hold_received(idx, gen, bid, n);
+            None
+        } else {
+            Some(
+                self.feed(pool, idx, gen, input::Feed::Received { bid, n })
+                    .0,
+            )
+        };
         let after = self.slots.get(idx, gen).map_or(0, |c| c.queued);
         self.note_holding(before, after);
         self.maybe_grow();
-        if let Step::Close(how) = step {
-            let reason = match how {
-                Closing::Done => CloseReason::PeerClosed,
-                Closing::Violation => CloseReason::ProtocolError,
-            };
-            self.close_gracefully(idx, gen, reason);
-            return;
+        if let Some(step) = step {
+            if !self.after_step(idx, gen, step) {
+                return;
+            }
         }
         if let Some(pause) = self.rate_check(idx, n) {
             let c = self.slots.get_mut(idx, gen).expect("live");
@@ -463,26 +478,64 @@ impl Machine {
             return;
         };
         c.set(flag::PEER_FIN);
-        if !c.closing() {
-            let mut rec = Recorder {
-                said: &mut self.said,
-                generated: &mut self.generated,
-            };
-            let date = self.date;
-            let ctx = Ctx { date: &date };
-            let step =
-                c.proto
-                    .on_peer_fin(&self.lim.proto, &ctx, &mut self.counters.proto, &mut rec);
-            let before = c.queued;
-            self.replay_copies(idx, gen, &[]);
-            let after = self.slots.get(idx, gen).map_or(0, |c| c.queued);
-            self.note_holding(before, after);
-            if let Step::Close(Closing::Violation) = step {
-                self.close_gracefully(idx, gen, CloseReason::ProtocolError);
-                return;
-            }
+        // While paused, the held requests are answered first (`resume` hands the FIN in after them).
+        if !c.closing() && !c.has(flag::PAUSED) && !self.fin_protocol(idx, gen) {
+            return;
         }
         self.sync(idx, gen);
+    }
+
+    /// Hands the peer's FIN to the protocol and queues its answer; `false` if that closed.
+    fn fin_protocol(&mut self, idx: u32, gen: u32) -> bool {
+        let c = self.slots.get_mut(idx, gen).expect("live");
+        let mut rec = Recorder {
+            said: &mut self.said,
+            generated: &mut self.generated,
+            budget: Budget::NONE,
+        };
+        let date = self.date;
+        let ctx = Ctx { date: &date };
+        let step = c
+            .proto
+            .on_peer_fin(&self.lim.proto, &ctx, &mut self.counters.proto, &mut rec);
+        let before = c.queued;
+        self.replay_copies(idx, gen, &[]);
+        let after = self.slots.get(idx, gen).map_or(0, |c| c.queued);
+        self.note_holding(before, after);
+        if let Step::Close(Closing::Violation) = step {
+            self.close_gracefully(idx, gen, CloseReason::ProtocolError);
+            return false;
+        }
+        true
+    }
+
+    /// Acts on the step a protocol call ended with: a close starts, a pause holds reading (only
+    /// with answers queued; a pause with nothing to send reads on, the kept bytes then wait for the
+    /// next input like a held unit). `false` if the connection is closing now.
+    fn after_step(&mut self, idx: u32, gen: u32, step: Step) -> bool {
+        let Some(c) = self.slots.get_mut(idx, gen) else {
+            return false;
+        };
+        match step {
+            Step::Close(how) => {
+                let reason = match how {
+                    Closing::Done => CloseReason::PeerClosed,
+                    Closing::Violation => CloseReason::ProtocolError,
+                };
+                self.close_gracefully(idx, gen, reason);
+                return false;
+            }
+            Step::Pause { .. } if !c.out.is_empty() => {
+                c.set(flag::PAUSED);
+                self.counters.output_pauses += 1;
+            }
+            Step::Pause { .. } => {
+                debug_assert!(false, "a protocol paused without an answer");
+                c.clear(flag::PAUSED);
+            }
+            Step::Hold { .. } | Step::Continue => c.clear(flag::PAUSED),
+        }
+        true
     }
 
     /// A receive found no free buffer (ENOBUFS, or an empty pool): wait for one.
@@ -539,9 +592,17 @@ impl Machine {
             c.queued -= 1;
         }
         if c.out.is_empty() {
-            c.clear(flag::SENDING);
+            if c.has(flag::PAUSED) {
+                // The answers were sent: the held requests are next, whether or not more input
+                // comes. Their answers go out in this send cycle (`front` is not `None` now).
+                self.resume(pool, idx, gen);
+            }
+            let c = self.slots.get_mut(idx, gen).expect("live");
+            if c.out.is_empty() {
+                c.clear(flag::SENDING);
+            }
         }
-        let after = c.queued;
+        let after = self.slots.get(idx, gen).map_or(0, |c| c.queued);
         self.note_holding(before, after);
         self.check_allowance(idx, gen);
         self.sync(idx, gen);
@@ -642,7 +703,7 @@ impl Machine {
             self.actions.push_back(Action::Send(id));
         }
         if !c.output_pending() {
-            if c.has(flag::PEER_FIN) {
+            if c.has(flag::PEER_FIN) && !c.has(flag::PAUSED) {
                 // Everything owed was sent and the peer is done: an orderly close (FIN both ways).
                 self.close_now(idx, gen, CloseReason::PeerClosed);
                 return;
@@ -716,6 +777,7 @@ impl Machine {
             let mut rec = Recorder {
                 said: &mut self.said,
                 generated: &mut self.generated,
+                budget: Budget::NONE,
             };
             c.proto.on_server_close(&mut self.counters.proto, &mut rec);
             let before = c.queued;
@@ -723,11 +785,11 @@ impl Machine {
             let after = self.slots.get(idx, gen).map_or(0, |c| c.queued);
             self.note_holding(before, after);
         }
-        // Held input (never to complete now) is given back when the slot is released.
-        self.slots
-            .get_mut(idx, gen)
-            .expect("live")
-            .set(flag::FLUSH_CLOSE);
+        // Held input (never to complete now, or requests paused behind the queue, never to be
+        // answered) is given back when the slot is released.
+        let c = self.slots.get_mut(idx, gen).expect("live");
+        c.clear(flag::PAUSED);
+        c.set(flag::FLUSH_CLOSE);
         self.sync(idx, gen);
         self.reschedule_if_earlier(idx, gen);
     }

@@ -69,6 +69,9 @@ pub enum Front<'a> {
     Bytes(&'a [u8]),
 }
 
+/// Bytes one queued segment takes in the per-shard node table.
+pub const NODE_BYTES: usize = std::mem::size_of::<Node>();
+
 #[derive(Clone, Copy, Debug)]
 struct Node {
     seg: Seg,
@@ -190,6 +193,11 @@ impl Out {
         self.slots.len()
     }
 
+    /// Queue nodes allocated so far (each [`NODE_BYTES`]; kept for reuse).
+    pub fn nodes_allocated(&self) -> usize {
+        self.nodes.len as usize
+    }
+
     /// Generated slots in use.
     pub fn slots_in_use(&self) -> usize {
         self.slots.len() - self.free_slots.len()
@@ -272,6 +280,20 @@ impl Out {
         }
         let i = self.node(seg);
         self.link(q, i);
+    }
+
+    /// Puts the segments of `front` before those of `q`, in order; `front` is left empty.
+    pub fn prepend(&mut self, q: &mut Queue, front: &mut Queue) {
+        if front.is_empty() {
+            return;
+        }
+        if !q.is_empty() {
+            self.nodes[front.tail].next = q.head;
+            q.head = front.head;
+        } else {
+            *q = *front;
+        }
+        *front = Queue::default();
     }
 
     /// Appends a copy of `bytes`: inline when tiny, else into the queue's current generated slot when it

@@ -70,10 +70,13 @@ fn server_header(b0: u8, len: u64) -> ([u8; 10], usize) {
 struct Out<'s, S: Sink> {
     sink: &'s mut S,
     run: Option<(usize, usize)>,
+    /// Something was said in this call.
+    said: bool,
 }
 
 impl<S: Sink> Out<'_, S> {
     fn input(&mut self, off: usize, len: usize) {
+        self.said = true;
         match self.run {
             Some((s, e)) if e == off => self.run = Some((s, off + len)),
             _ => {
@@ -84,8 +87,18 @@ impl<S: Sink> Out<'_, S> {
     }
 
     fn generated(&mut self, bytes: &[u8]) {
+        self.said = true;
         self.flush();
         self.sink.generated(bytes);
+    }
+
+    /// Past the output budget, having said something: pause here (a frame boundary).
+    fn pause(&mut self) -> bool {
+        if !self.said {
+            return false;
+        }
+        self.flush();
+        self.sink.over_budget()
     }
 
     fn flush(&mut self) {
@@ -108,7 +121,11 @@ impl WsConn {
         stats: &mut WsStats,
     ) -> Step {
         let limit = cfg.max_message_size.min(MAX_MESSAGE_CAP);
-        let mut out = Out { sink, run: None };
+        let mut out = Out {
+            sink,
+            run: None,
+            said: false,
+        };
         // Where the frame header being decoded starts, when it started in this input.
         let mut hdr_start = None;
         // Where a text frame's header whole in this input ended: its first echo header may be
@@ -120,6 +137,11 @@ impl WsConn {
             }
             if !self.st_has(st::IN_PAYLOAD) {
                 if self.hdr_pos() == 0 {
+                    // Between frames: past the output budget, the rest waits for the answers to be
+                    // sent (`Step::Pause`).
+                    if out.pause() {
+                        break Step::Pause { from: pos };
+                    }
                     hdr_start = Some(pos);
                 }
                 let b = input[pos];

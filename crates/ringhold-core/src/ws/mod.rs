@@ -67,8 +67,12 @@
 //! sent while a binary or pong echo frame is half sent (the bytes would land inside it): then
 //! nothing is sent. (Text echo frames are never half sent.)
 //!
+//! Between frames, once the echo said in a call has used up the connection's output budget
+//! ([`Sink::over_budget`]; tiny frames each take a queue node), the call stops with
+//! [`Step::Pause`]: the rest is handed in again once the echo was sent.
+//!
 //! The output for a byte stream does not depend on how it is split into inputs (tested for every
-//! split point).
+//! split point), nor on where it pauses (tested at random budgets and resume points).
 
 mod frame;
 mod handshake;

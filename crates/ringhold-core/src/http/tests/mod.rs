@@ -1,6 +1,8 @@
-//! In-memory tests of the HTTP protocol: a recording [`Sink`], a driver that does what the machine does
-//! with [`Step::Hold`] (hand the held bytes in again, followed by the next ones), unit tests of every
-//! rule (`unit.rs`) and split-invariance property tests (`split.rs`).
+//! In-memory tests of the HTTP protocol: a recording [`Sink`] with an optional output budget, a driver
+//! that does what the machine does with [`Step::Hold`] (hand the held bytes in again, followed by the
+//! next ones) and [`Step::Pause`] (keep the rest, queue later input behind it, hand it in again alone
+//! on [`Driver::resume`]), unit tests of every rule (`unit.rs`) and split-invariance property tests
+//! (`split.rs`), with pauses at random points.
 
 use super::*;
 use crate::protocol::MAX_GENERATED;
@@ -18,19 +20,23 @@ pub(super) enum Seg {
     Generated(Vec<u8>),
 }
 
-/// Records what the protocol sends.
+/// Records what the protocol sends; over budget once `budget` bytes were said in the call.
 #[derive(Default)]
 pub(super) struct RecSink {
     pub segs: Vec<Seg>,
+    pub budget: Option<usize>,
+    pub said: usize,
 }
 
 impl Sink for RecSink {
     fn input(&mut self, off: usize, len: usize) {
         assert!(len > 0, "empty input segment");
         self.segs.push(Seg::Input(off, len));
+        self.said += len;
     }
     fn bytes_static(&mut self, bytes: &'static [u8]) {
         self.segs.push(Seg::Static(bytes));
+        self.said += bytes.len();
     }
     fn generated(&mut self, bytes: &[u8]) {
         assert!(
@@ -39,6 +45,10 @@ impl Sink for RecSink {
             bytes.len()
         );
         self.segs.push(Seg::Generated(bytes.to_vec()));
+        self.said += bytes.len();
+    }
+    fn over_budget(&self) -> bool {
+        self.budget.is_some_and(|b| self.said >= b)
     }
 }
 
@@ -56,6 +66,12 @@ pub(super) struct Driver {
     /// Set once the protocol said `Close`: later input is discarded, as the machine does.
     pub closed: Option<Step>,
     pub last: Step,
+    /// Bytes one call may say before the protocol should pause (`None`: no budget).
+    pub budget: Option<usize>,
+    /// The last call paused: `held` is input not handled yet, and later input queues behind it.
+    pub paused: bool,
+    /// Pauses so far.
+    pub pauses: usize,
 }
 
 impl Driver {
@@ -69,6 +85,9 @@ impl Driver {
             per_call: Vec::new(),
             closed: None,
             last: Step::Continue,
+            budget: None,
+            paused: false,
+            pauses: 0,
         }
     }
 
@@ -76,9 +95,33 @@ impl Driver {
         if let Some(step) = self.closed {
             return step;
         }
+        if self.paused {
+            // Read while paused (a receive in flight): queued behind the held input, not handed in.
+            self.held.extend_from_slice(piece);
+            return self.last;
+        }
+        self.call(piece)
+    }
+
+    /// The paused input handed in again alone, until it is all handled or the protocol pauses
+    /// again (`once`: one call only).
+    pub fn resume(&mut self, once: bool) {
+        while self.paused && self.closed.is_none() {
+            self.paused = false;
+            self.call(&[]);
+            if once {
+                break;
+            }
+        }
+    }
+
+    fn call(&mut self, piece: &[u8]) -> Step {
         let mut buf = std::mem::take(&mut self.held);
         buf.extend_from_slice(piece);
-        let mut sink = RecSink::default();
+        let mut sink = RecSink {
+            budget: self.budget,
+            ..RecSink::default()
+        };
         let ctx = Ctx { date: DATE };
         let step = self
             .conn
@@ -99,6 +142,22 @@ impl Driver {
                 self.held = buf[from..].to_vec();
                 assert!(self.held.len() <= self.cfg.max_header_bytes);
             }
+            Step::Pause { from } => {
+                assert!(self.budget.is_some(), "paused without a budget");
+                assert!(
+                    from > 0 && from < buf.len(),
+                    "pause at {from} of {}",
+                    buf.len()
+                );
+                assert!(
+                    self.per_call.last().is_some_and(|c| !c.is_empty()),
+                    "paused without an answer"
+                );
+                assert!(self.conn.is_idle(), "paused inside a request");
+                self.held = buf[from..].to_vec();
+                self.paused = true;
+                self.pauses += 1;
+            }
             Step::Close(_) => self.closed = Some(step),
             Step::Continue => {}
         }
@@ -107,6 +166,8 @@ impl Driver {
     }
 
     pub fn fin(&mut self) -> Step {
+        // The machine hands FIN in once the paused input is all handled.
+        self.resume(false);
         if let Some(step) = self.closed {
             return step;
         }
@@ -123,18 +184,6 @@ impl Driver {
         self.closed = Some(step);
         self.last = step;
         step
-    }
-
-    /// Feeds `input` cut at `cuts` (sorted offsets; duplicates and out-of-range ones are ignored).
-    pub fn feed_split(&mut self, input: &[u8], cuts: &[usize]) -> Step {
-        let mut start = 0;
-        for &c in cuts {
-            if c > start && c < input.len() {
-                self.feed(&input[start..c]);
-                start = c;
-            }
-        }
-        self.feed(&input[start..])
     }
 }
 

@@ -37,10 +37,52 @@ fn outcome(mut d: Driver) -> Outcome {
 }
 
 fn split_run(cfg: HttpConfig, input: &[u8], cuts: &[usize]) -> Outcome {
+    paused_run(cfg, input, cuts, &Pausing::NONE)
+}
+
+/// An output budget and when paused input is handed in again: after the `i`-th piece, `resumes[i %
+/// len]` says whether to resume (`None`: stay paused, later pieces queue behind; `Some(once)`: one
+/// call, or until it is all handled). Everything left is resumed before the end (and before FIN).
+#[derive(Clone, Debug)]
+struct Pausing {
+    budget: Option<usize>,
+    resumes: Vec<Option<bool>>,
+}
+
+impl Pausing {
+    const NONE: Pausing = Pausing {
+        budget: None,
+        resumes: Vec::new(),
+    };
+}
+
+fn pausing_strategy() -> impl Strategy<Value = Pausing> {
+    (
+        prop_oneof![Just(0usize), 1usize..200, 200usize..5000],
+        prop::collection::vec(prop::option::of(any::<bool>()), 1..6),
+    )
+        .prop_map(|(b, resumes)| Pausing {
+            budget: Some(b),
+            resumes,
+        })
+}
+
+fn paused_run(cfg: HttpConfig, input: &[u8], cuts: &[usize], p: &Pausing) -> Outcome {
     let mut cuts = cuts.to_vec();
     cuts.sort_unstable();
+    cuts.dedup();
+    cuts.retain(|&c| c > 0 && c < input.len());
     let mut d = Driver::new(cfg);
-    d.feed_split(input, &cuts);
+    d.budget = p.budget;
+    let mut start = 0;
+    for (i, end) in cuts.into_iter().chain([input.len()]).enumerate() {
+        d.feed(&input[start..end]);
+        start = end;
+        if let Some(Some(once)) = p.resumes.get(i % p.resumes.len().max(1)) {
+            d.resume(*once);
+        }
+    }
+    d.resume(false);
     outcome(d)
 }
 
@@ -48,6 +90,19 @@ fn assert_split_invariant(cfg: HttpConfig, input: &[u8], cuts: &[usize]) -> Outc
     let whole = split_run(cfg, input, &[]);
     let split = split_run(cfg, input, cuts);
     assert_eq!(whole, split, "input {:?} cut at {cuts:?}", show(input));
+    whole
+}
+
+/// Split and paused (a budget, resumes at the points `p` says) gives what one unbounded call gives.
+fn assert_pause_invariant(cfg: HttpConfig, input: &[u8], cuts: &[usize], p: &Pausing) -> Outcome {
+    let whole = split_run(cfg, input, &[]);
+    let paused = paused_run(cfg, input, cuts, p);
+    assert_eq!(
+        whole,
+        paused,
+        "input {:?} cut at {cuts:?}, {p:?}",
+        show(input)
+    );
     whole
 }
 
@@ -233,10 +288,12 @@ proptest! {
         reqs in prop::collection::vec(req_strategy(), 1..6),
         close_last in any::<bool>(),
         idx in prop::collection::vec(any::<Index>(), 0..24),
+        pausing in pausing_strategy(),
     ) {
         let (input, want) = conversation(&reqs, close_last);
         let cuts = cut_points(input.len(), &idx);
         let o = assert_split_invariant(HttpConfig::default(), &input, &cuts);
+        assert_pause_invariant(HttpConfig::default(), &input, &cuts, &pausing);
         prop_assert_eq!(show(&o.out), show(&want));
         let end = if close_last { Step::Close(Closing::Done) } else { Step::Continue };
         prop_assert_eq!(o.last, end);
@@ -253,6 +310,7 @@ proptest! {
             (any::<Index>(), 0u8..3, prop::sample::select(&b"\r\n :;0aZ\x00\xff\t-9?=&"[..])), 1..5),
         cfg in cfg_strategy(),
         idx in prop::collection::vec(any::<Index>(), 0..24),
+        pausing in pausing_strategy(),
     ) {
         let (mut input, _) = conversation(&reqs, false);
         for (at, kind, byte) in edits {
@@ -266,6 +324,7 @@ proptest! {
         }
         let cuts = cut_points(input.len(), &idx);
         assert_split_invariant(cfg, &input, &cuts);
+        assert_pause_invariant(cfg, &input, &cuts, &pausing);
     }
 
     /// Arbitrary bytes: no panic, split-invariant.
@@ -274,9 +333,27 @@ proptest! {
         input in prop::collection::vec(any::<u8>(), 1..300),
         cfg in cfg_strategy(),
         idx in prop::collection::vec(any::<Index>(), 0..16),
+        pausing in pausing_strategy(),
     ) {
         let cuts = cut_points(input.len(), &idx);
         assert_split_invariant(cfg, &input, &cuts);
+        assert_pause_invariant(cfg, &input, &cuts, &pausing);
+    }
+
+    /// Many pipelined requests (GET, HEAD, POST, PUT, chunked, HTTP/1.0) under a small budget, cut
+    /// anywhere and resumed at random points: the answers of an unbounded run, byte for byte, and the
+    /// protocol paused between requests along the way.
+    #[test]
+    fn pipelined_requests_paused_anywhere(
+        reqs in prop::collection::vec(req_strategy(), 2..24),
+        close_last in any::<bool>(),
+        idx in prop::collection::vec(any::<Index>(), 0..24),
+        pausing in pausing_strategy(),
+    ) {
+        let (input, want) = conversation(&reqs, close_last);
+        let cuts = cut_points(input.len(), &idx);
+        let o = assert_pause_invariant(HttpConfig::default(), &input, &cuts, &pausing);
+        prop_assert_eq!(show(&o.out), show(&want));
     }
 }
 
@@ -338,13 +415,62 @@ fn every_single_byte_split() {
     ] {
         inputs.push((small, raw.to_vec()));
     }
+    // Pausing after every answer, resumed at once, one call at a time, or only after the next piece.
+    let pausings: Vec<Pausing> = [
+        vec![Some(false)],
+        vec![Some(true)],
+        vec![None],
+        vec![None, Some(true)],
+    ]
+    .into_iter()
+    .map(|resumes| Pausing {
+        budget: Some(0),
+        resumes,
+    })
+    .collect();
     for (cfg, input) in &inputs {
         for c in 1..input.len() {
             assert_split_invariant(*cfg, input, &[c]);
+            for p in &pausings {
+                assert_pause_invariant(*cfg, input, &[c], p);
+            }
         }
         let every: Vec<usize> = (1..input.len()).collect();
         assert_split_invariant(*cfg, input, &every);
+        for p in &pausings {
+            assert_pause_invariant(*cfg, input, &every, p);
+        }
     }
+}
+
+/// A budget of 0 pauses after every answer: 40 pipelined GETs in one piece take 40 calls, each
+/// answering one request, and give the unbounded answers.
+#[test]
+fn a_zero_budget_answers_one_request_per_call() {
+    let (input, want) = conversation(
+        &vec![
+            Req::Get {
+                length: Some(7),
+                head: false,
+                v10: false,
+            };
+            40
+        ],
+        false,
+    );
+    let mut d = Driver::new(HttpConfig::default());
+    d.budget = Some(0);
+    assert!(matches!(d.feed(&input), Step::Pause { .. }));
+    assert_eq!(d.pauses, 1);
+    let mut calls = 1;
+    while d.paused {
+        d.resume(true);
+        calls += 1;
+    }
+    assert_eq!(calls, 40);
+    assert_eq!(d.pauses, 39);
+    assert_eq!(d.last, Step::Continue);
+    assert_eq!(show(&d.out), show(&want));
 }
 
 /// Where a strict chunked decoder gets with `b`.

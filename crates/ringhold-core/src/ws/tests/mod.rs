@@ -33,30 +33,41 @@ pub(crate) enum Seg {
     Bytes(Vec<u8>),
 }
 
-/// Records every segment of one call.
+/// Records every segment of one call; over budget once `budget` bytes were said in it.
 #[derive(Default)]
 pub(crate) struct Rec {
     pub segs: Vec<Seg>,
+    pub budget: Option<usize>,
+    pub said: usize,
 }
 
 impl Sink for Rec {
     fn input(&mut self, off: usize, len: usize) {
         assert!(len > 0, "empty input segment");
         self.segs.push(Seg::Input(off, len));
+        self.said += len;
     }
 
     fn bytes_static(&mut self, bytes: &'static [u8]) {
         self.segs.push(Seg::Bytes(bytes.to_vec()));
+        self.said += bytes.len();
     }
 
     fn generated(&mut self, bytes: &[u8]) {
         assert!(bytes.len() <= MAX_GENERATED);
         self.segs.push(Seg::Bytes(bytes.to_vec()));
+        self.said += bytes.len();
+    }
+
+    fn over_budget(&self) -> bool {
+        self.budget.is_some_and(|b| self.said >= b)
     }
 }
 
 /// Drives one [`WsConn`] the way the connection machine does: keeps held bytes and hands them in
-/// again followed by the next ones, discards input after a close, collects the output bytes.
+/// again followed by the next ones, discards input after a close, collects the output bytes. With a
+/// budget, a pause keeps the rest, queues later input behind it, and [`Driver::resume`] hands it
+/// in again alone.
 pub(crate) struct Driver {
     pub conn: WsConn,
     pub cfg: WsConfig,
@@ -66,6 +77,11 @@ pub(crate) struct Driver {
     pub step: Step,
     /// Segments of the last call.
     pub segs: Vec<Seg>,
+    /// Bytes one call may say before the protocol should pause (`None`: no budget).
+    pub budget: Option<usize>,
+    /// The last call paused: `held` is input not handled yet.
+    pub paused: bool,
+    pub pauses: usize,
 }
 
 impl Driver {
@@ -78,6 +94,9 @@ impl Driver {
             stats: WsStats::default(),
             step: Step::Continue,
             segs: Vec::new(),
+            budget: None,
+            paused: false,
+            pauses: 0,
         }
     }
 
@@ -101,9 +120,33 @@ impl Driver {
         if self.closed() {
             return self.step;
         }
+        if self.paused {
+            // Read while paused: queued behind the held input, not handed in.
+            self.held.extend_from_slice(bytes);
+            return self.step;
+        }
+        self.call(bytes)
+    }
+
+    /// The paused input handed in again alone, until it is all handled or the protocol pauses
+    /// again (`once`: one call only).
+    pub fn resume(&mut self, once: bool) {
+        while self.paused && !self.closed() {
+            self.paused = false;
+            self.call(&[]);
+            if once {
+                break;
+            }
+        }
+    }
+
+    fn call(&mut self, bytes: &[u8]) -> Step {
         let mut buf = std::mem::take(&mut self.held);
         buf.extend_from_slice(bytes);
-        let mut rec = Rec::default();
+        let mut rec = Rec {
+            budget: self.budget,
+            ..Rec::default()
+        };
         let ctx = Ctx { date: DATE };
         let step = self
             .conn
@@ -111,6 +154,16 @@ impl Driver {
         let keep_from = match step {
             Step::Hold { from } => {
                 assert!(from <= buf.len());
+                from
+            }
+            Step::Pause { from } => {
+                assert!(self.budget.is_some(), "paused without a budget");
+                assert!(
+                    from > 0 && from < buf.len(),
+                    "pause at {from} of {}",
+                    buf.len()
+                );
+                assert!(!rec.segs.is_empty(), "paused without an answer");
                 from
             }
             _ => buf.len(),
@@ -127,8 +180,14 @@ impl Driver {
                 Seg::Bytes(b) => self.out.extend_from_slice(b),
             }
         }
-        if let Step::Hold { from } = step {
-            self.held = buf[from..].to_vec();
+        match step {
+            Step::Hold { from } => self.held = buf[from..].to_vec(),
+            Step::Pause { from } => {
+                self.held = buf[from..].to_vec();
+                self.paused = true;
+                self.pauses += 1;
+            }
+            _ => {}
         }
         self.segs = rec.segs;
         self.step = step;
@@ -165,6 +224,8 @@ impl Driver {
     }
 
     pub fn peer_fin(&mut self) -> Step {
+        // The machine hands FIN in once the paused input is all handled.
+        self.resume(false);
         let mut rec = Rec::default();
         let step = self.conn.on_peer_fin(&mut rec, &mut self.stats);
         self.append_bytes(rec);

@@ -233,12 +233,48 @@ type Outcome = (Vec<u8>, Step, WsStats, Vec<u8>);
 
 /// Run `stream` (handshake included) cut at `cuts`.
 fn run_cut(cfg: WsConfig, stream: &[u8], cuts: &[usize]) -> Outcome {
+    run_paused(cfg, stream, cuts, None, &[])
+}
+
+/// Run `stream` cut at `cuts` with an output budget: after the `i`-th piece, `resumes[i % len]`
+/// says whether to resume (`None`: stay paused; `Some(once)`: one call, or until all is handled);
+/// everything left is resumed at the end.
+fn run_paused(
+    cfg: WsConfig,
+    stream: &[u8],
+    cuts: &[usize],
+    budget: Option<usize>,
+    resumes: &[Option<bool>],
+) -> Outcome {
     let mut d = Driver::new(cfg);
-    let step = match d.feed_split(stream, cuts) {
+    d.budget = budget;
+    let mut last = 0;
+    for (i, &c) in cuts
+        .iter()
+        .chain(std::iter::once(&stream.len()))
+        .enumerate()
+    {
+        let c = c.clamp(last, stream.len());
+        d.feed(&stream[last..c]);
+        last = c;
+        if let Some(Some(once)) = resumes.get(i % resumes.len().max(1)) {
+            d.resume(*once);
+        }
+    }
+    d.resume(false);
+    let step = match d.step {
         Step::Hold { .. } => Step::Hold { from: 0 },
         s => s,
     };
     (d.take(), step, d.stats, std::mem::take(&mut d.held))
+}
+
+/// A budget (0: pause after every echo frame; small; large) and resume points.
+fn pausing() -> impl Strategy<Value = (usize, Vec<Option<bool>>)> {
+    (
+        prop_oneof![Just(0usize), 1usize..100, 100usize..5000],
+        prop::collection::vec(prop::option::of(any::<bool>()), 1..6),
+    )
 }
 
 fn cfg() -> WsConfig {
@@ -248,14 +284,34 @@ fn cfg() -> WsConfig {
     }
 }
 
-/// The stream, whole and cut at `cuts`, gives the same result.
-fn same_whole_and_cut(stream: &[u8], cuts: &[usize]) -> Result<(Vec<u8>, Step), TestCaseError> {
+/// The stream, whole and cut at `cuts`, gives the same result; and cut and paused as `p` says.
+fn same_whole_and_cut(
+    stream: &[u8],
+    cuts: &[usize],
+    p: &(usize, Vec<Option<bool>>),
+) -> Result<(Vec<u8>, Step), TestCaseError> {
     let whole = run_cut(cfg(), stream, &[]);
     let cut = run_cut(cfg(), stream, cuts);
     prop_assert_eq!(&whole.1, &cut.1, "final step, cuts {:?}", cuts);
     prop_assert!(whole.0 == cut.0, "output differs, cuts {:?}", cuts);
     prop_assert_eq!(&whole.2, &cut.2);
     prop_assert_eq!(&whole.3, &cut.3);
+    let paused = run_paused(cfg(), stream, cuts, Some(p.0), &p.1);
+    prop_assert_eq!(
+        &whole.1,
+        &paused.1,
+        "final step, cuts {:?}, pausing {:?}",
+        cuts,
+        p
+    );
+    prop_assert!(
+        whole.0 == paused.0,
+        "output differs, cuts {:?}, pausing {:?}",
+        cuts,
+        p
+    );
+    prop_assert_eq!(&whole.2, &paused.2);
+    prop_assert_eq!(&whole.3, &paused.3);
     Ok((whole.0, whole.1))
 }
 
@@ -275,7 +331,7 @@ proptest! {
     /// Sessions (text valid or not, messages over the limit): any split gives the same output,
     /// which is what the model says; a close at the end is answered unless the session failed.
     #[test]
-    fn sessions_split_anywhere(evs in prop::collection::vec(ev(), 0..6), close in any::<bool>(), idx in cut_points()) {
+    fn sessions_split_anywhere(evs in prop::collection::vec(ev(), 0..6), close in any::<bool>(), idx in cut_points(), p in pausing()) {
         let (frames, mut m) = encode(&evs, cfg().max_message_size);
         let mut stream = REQUEST.to_vec();
         stream.extend(&frames);
@@ -284,7 +340,7 @@ proptest! {
             m.control(Frame::close(1000));
         }
         let cuts = to_cuts(&idx, stream.len());
-        let (out, step) = same_whole_and_cut(&stream, &cuts)?;
+        let (out, step) = same_whole_and_cut(&stream, &cuts, &p)?;
         prop_assert_eq!(&out[..RESPONSE.len()], RESPONSE);
         let got = decode(&out[RESPONSE.len()..]);
         text_frames_are_utf8(&got)?;
@@ -307,6 +363,7 @@ proptest! {
         xor in 1u8..,
         truncate in any::<Option<prop::sample::Index>>(),
         idx in cut_points(),
+        p in pausing(),
     ) {
         let (frames, _) = encode(&evs, cfg().max_message_size);
         let mut stream = REQUEST.to_vec();
@@ -319,7 +376,7 @@ proptest! {
             stream.truncate(REQUEST.len() + t.index(frames.len() + 1));
         }
         let cuts = to_cuts(&idx, stream.len());
-        let (out, step) = same_whole_and_cut(&stream, &cuts)?;
+        let (out, step) = same_whole_and_cut(&stream, &cuts, &p)?;
         if matches!(step, Step::Close(_)) {
             text_frames_are_utf8(&decode(&out[RESPONSE.len()..]))?;
         }
@@ -327,11 +384,11 @@ proptest! {
 
     /// Arbitrary bytes after the handshake.
     #[test]
-    fn arbitrary_bytes_split_anywhere(bytes in prop::collection::vec(any::<u8>(), 0..300), idx in cut_points()) {
+    fn arbitrary_bytes_split_anywhere(bytes in prop::collection::vec(any::<u8>(), 0..300), idx in cut_points(), p in pausing()) {
         let mut stream = REQUEST.to_vec();
         stream.extend(&bytes);
         let cuts = to_cuts(&idx, stream.len());
-        same_whole_and_cut(&stream, &cuts)?;
+        same_whole_and_cut(&stream, &cuts, &p)?;
     }
 
     /// Arbitrary bytes as a request head.
@@ -363,6 +420,32 @@ fn fixed_stream() -> Vec<u8> {
     s
 }
 
+/// Resume patterns with a budget of 0 (a pause after every echo frame): at once, one call at a
+/// time, only at the end, every other piece.
+const PAUSINGS: [&[Option<bool>]; 4] =
+    [&[Some(false)], &[Some(true)], &[None], &[None, Some(true)]];
+
+/// A budget of 0 pauses after every echo frame: 30 pings in one piece take 30 calls.
+#[test]
+fn a_zero_budget_echoes_one_frame_per_call() {
+    let mut d = Driver::open();
+    d.budget = Some(0);
+    let mut s = Vec::new();
+    for i in 0..30u8 {
+        s.extend(frame(true, 9, &[i], [1, 2, 3, 4]));
+    }
+    assert!(matches!(d.feed(&s), Step::Pause { .. }));
+    let mut calls = 1;
+    while d.paused {
+        d.resume(true);
+        calls += 1;
+    }
+    assert_eq!((calls, d.pauses), (30, 29));
+    assert_eq!(d.step, Step::Continue);
+    let want: Vec<u8> = (0..30u8).flat_map(|i| [0x8A, 1, i]).collect();
+    assert_eq!(d.take(), want);
+}
+
 #[test]
 fn every_byte_on_its_own_gives_the_same_result() {
     let cfg = WsConfig::default();
@@ -371,6 +454,18 @@ fn every_byte_on_its_own_gives_the_same_result() {
     assert_eq!(whole.1, DONE);
     let all: Vec<usize> = (1..stream.len()).collect();
     assert_eq!(run_cut(cfg, &stream, &all), whole);
+    for resumes in PAUSINGS {
+        assert_eq!(
+            run_paused(cfg, &stream, &all, Some(0), resumes),
+            whole,
+            "{resumes:?}"
+        );
+        assert_eq!(
+            run_paused(cfg, &stream, &[], Some(0), resumes),
+            whole,
+            "{resumes:?}"
+        );
+    }
     // And with invalid UTF-8 inside a cut character, and with a one-byte close payload.
     for bad in [&b"\xe2\x28"[..], b"\xf0\x9f\x98"] {
         let mut s = REQUEST.to_vec();
@@ -399,6 +494,13 @@ fn every_single_cut_gives_the_same_result() {
     assert_eq!(whole.1, DONE);
     for cut in 0..=stream.len() {
         assert_eq!(run_cut(cfg, &stream, &[cut]), whole, "cut at {cut}");
+        for resumes in PAUSINGS {
+            let paused = run_paused(cfg, &stream, &[cut], Some(0), resumes);
+            assert_eq!(
+                paused, whole,
+                "cut at {cut}, pausing after every echo, {resumes:?}"
+            );
+        }
     }
     for a in (0..stream.len()).step_by(7) {
         for b in (a..stream.len()).step_by(5) {
