@@ -78,7 +78,6 @@ impl State {
     pub(crate) fn arm(&mut self, io: &mut Io<'_>, id: Id, read_now: bool) -> io::Result<()> {
         let bgid = self.bufs.bgid();
         let size = self.cfg.buffer_size;
-        let cap = (self.machine.allowance().max(1) as u32).saturating_mul(size);
         if !self.machine.wants_read(id.idx, id.gen) {
             return Ok(());
         }
@@ -100,29 +99,21 @@ impl State {
             // A fresh receive gets a whole sweep period before it may be parked.
             c.io |= bit::HEARD;
         }
-        let e = if parked {
-            // A parked connection reads once per wake-up, then polls again. MSG_DONTWAIT: should
-            // the wake-up find nothing, the receive ends with EAGAIN instead of waiting with its
-            // async state, which parking is there to avoid.
+        let e = if parked || !multishot {
+            // Single-shot. A parked connection reads once per wake-up, then polls again;
+            // MSG_DONTWAIT: should the wake-up find nothing, the receive ends with EAGAIN instead of
+            // waiting with its async state, which parking is there to avoid. Otherwise single-shot
+            // because a multishot receive keeps filling buffers until its cancel lands, so a pause
+            // would take effect only after ~100 more reads (measured: 26 pauses of ~190 KiB each for
+            // 5 MiB at 1 MiB/s), --check-every would mean nothing, and with buffers short, peers that
+            // never read would take the reserve meant for those that hold none.
+            let flags = if parked { libc::MSG_DONTWAIT } else { 0 };
             with_fd!(self.direct, id.idx, |f| opcode::Recv::new(
                 f,
                 std::ptr::null_mut(),
                 size
             )
-            .flags(libc::MSG_DONTWAIT)
-            .buf_group(bgid)
-            .build()
-            .flags(squeue::Flags::BUFFER_SELECT))
-        } else if !multishot {
-            // A multishot receive keeps filling buffers until its cancel lands, so a pause would take
-            // effect only after ~100 more reads (measured: 26 pauses of ~190 KiB each for 5 MiB at
-            // 1 MiB/s), --check-every would mean nothing, and with buffers short, peers that never read
-            // would take the reserve meant for those that hold none.
-            with_fd!(self.direct, id.idx, |f| opcode::Recv::new(
-                f,
-                std::ptr::null_mut(),
-                size
-            )
+            .flags(flags)
             .buf_group(bgid)
             .build()
             .flags(squeue::Flags::BUFFER_SELECT))
@@ -131,8 +122,10 @@ impl State {
                 .build());
             // Capped at the connection's allowance of buffers' worth of bytes (Linux 6.17+): a fast
             // sender cannot take more buffers than that before the machine sees them and pauses it;
-            // the receive then ends and is armed again.
+            // the receive then ends and is armed again. Multishot means the allowance is the whole
+            // --pending-buffers (`single_reads` is false only then).
             if crate::probe::multishot_recv_cap() {
+                let cap = u32::from(self.machine.limits().max_queued).saturating_mul(size);
                 crate::probe::with_recv_cap(e, cap)
             } else {
                 e
