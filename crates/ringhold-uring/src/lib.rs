@@ -20,6 +20,7 @@
 mod accept;
 pub mod bufring;
 mod conn;
+pub mod group;
 mod park;
 pub mod probe;
 pub mod ring;
@@ -27,4 +28,4 @@ pub mod shard;
 pub mod token;
 
 pub use probe::probe;
-pub use shard::Shard;
+pub use shard::{run_group, Shard};

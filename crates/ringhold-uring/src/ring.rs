@@ -1,6 +1,8 @@
 //! Ring setup: SINGLE_ISSUER | DEFER_TASKRUN (completions run only when the shard asks for them, no
 //! inter-processor interrupts), falling back with a logged reason on kernels that refuse it; CQ sized 8×
 //! the SQ so that multishot bursts do not overflow (and the kernel's NODROP keeps overflowed CQEs anyway).
+//! TASKRUN_FLAG: the kernel flags pending deferred work in the SQ ring, so a thread that drives several
+//! rings ([`crate::group`]) sees without a system call whether a ring that signalled needs a turn.
 
 use std::io;
 
@@ -19,10 +21,12 @@ type Setup = (&'static str, fn(&mut io_uring::Builder));
 pub fn build(shard: usize) -> io::Result<(IoUring, &'static str)> {
     let attempts: [Setup; 3] = [
         ("single_issuer+defer_taskrun", |b| {
-            b.setup_single_issuer().setup_defer_taskrun();
+            b.setup_single_issuer()
+                .setup_defer_taskrun()
+                .setup_taskrun_flag();
         }),
         ("coop_taskrun", |b| {
-            b.setup_coop_taskrun();
+            b.setup_coop_taskrun().setup_taskrun_flag();
         }),
         ("plain", |_| {}),
     ];

@@ -16,6 +16,7 @@ use ringhold_core::{EngineConfig, Flush, Machine, ShardSpec, Shared};
 use tracing::{debug, info, warn};
 
 use crate::bufring::BufRing;
+use crate::group;
 use crate::park::Sweep;
 use crate::ring::{self, Io};
 use crate::token::{Op, Token};
@@ -54,6 +55,10 @@ pub(crate) struct State {
     pub(crate) accept_release_at: Option<Instant>,
     pub(crate) refused_in_flight: u32,
     last_flush: Instant,
+    /// SQEs handed to the kernel so far.
+    submits: u64,
+    /// The completion queue's overflow count last logged.
+    overflow_seen: u32,
     /// Min-wait batching of completions, where the kernel has it.
     batch: Option<ring::Batch>,
     /// The park sweep (`--park-after`), unless parking is off.
@@ -135,55 +140,155 @@ impl Shard {
             accept_release_at: None,
             refused_in_flight: 0,
             last_flush: now,
+            submits: 0,
+            overflow_seen: 0,
             batch,
             sweep: Sweep::new(cfg_park_after),
         };
         Ok(Shard { ring, st })
     }
 
-    pub fn run(mut self) -> io::Result<()> {
-        let Shard { ring, st } = &mut self;
+    /// Runs this shard alone on the calling thread until it has drained.
+    pub fn run(self) -> io::Result<()> {
+        run_group(vec![self])
+    }
+
+    /// Arms the listener's accept (submitted with the first turn).
+    fn start(&mut self) -> io::Result<()> {
+        let Shard { ring, st } = self;
+        let (sub, sq, _) = ring.split();
+        let mut io = Io {
+            sq,
+            sub,
+            submits: st.submits,
+        };
+        st.rearm_accept_rate_limited(&mut io)?;
+        st.submits = io.submits;
+        Ok(())
+    }
+
+    /// One loop turn: submit what is queued and wait for completions (`wait`: until the first, or a
+    /// batch, or the machine's next deadline; otherwise not at all), hand every completion to the
+    /// machine, carry out its actions, run its clocks, publish recycled buffers. Without `wait`, what
+    /// the turn queued is submitted before it returns, since the thread may then sleep on other rings.
+    /// Returns how many completions it reaped and whether the shard has finished.
+    fn turn(&mut self, wait: bool, batch: &mut Vec<cqueue::Entry>) -> io::Result<(usize, bool)> {
+        let Shard { ring, st } = self;
         let (sub, sq, mut cq) = ring.split();
         let mut io = Io {
             sq,
             sub,
-            submits: 0,
+            submits: st.submits,
         };
-        st.rearm_accept_rate_limited(&mut io)?;
-        let mut batch: Vec<cqueue::Entry> = Vec::with_capacity(ring::CQ_ENTRIES as usize);
-        let mut overflow_seen = 0;
-        loop {
-            io.sq.sync();
-            io.submits += io.sq.len() as u64;
+        io.sq.sync();
+        io.submits += io.sq.len() as u64;
+        if wait {
             ring::submit_and_wait_batch(&io.sub, st.next_wakeup(), st.batch)?;
-            // Before anything this turn answers: `Date` shows the current second.
-            st.machine.set_wall_clock(ring::wall_second());
+        } else {
+            group::enter_nowait(&io.sub)?;
+        }
+        // Before anything this turn answers: `Date` shows the current second.
+        st.machine.set_wall_clock(ring::wall_second());
+        io.sq.sync();
+        cq.sync();
+        let overflow = cq.overflow();
+        if overflow != st.overflow_seen {
+            warn!(
+                "shard {}: completion queue overflowed {} times (kernel kept them)",
+                st.id, overflow
+            );
+            st.overflow_seen = overflow;
+        }
+        batch.extend(&mut cq);
+        let reaped = batch.len();
+        st.machine.counters.completions += reaped as u64;
+        for cqe in batch.drain(..) {
+            st.complete(&mut io, &cqe)?;
+        }
+        st.tick(&mut io)?;
+        st.bufs.publish();
+        if !wait {
             io.sq.sync();
-            cq.sync();
-            let overflow = cq.overflow();
-            if overflow != overflow_seen {
-                warn!(
-                    "shard {}: completion queue overflowed {} times (kernel kept them)",
-                    st.id, overflow
-                );
-                overflow_seen = overflow;
-            }
-            batch.extend(&mut cq);
-            st.machine.counters.completions += batch.len() as u64;
-            for cqe in batch.drain(..) {
-                st.complete(&mut io, &cqe)?;
-            }
-            st.tick(&mut io)?;
-            st.bufs.publish();
-            st.machine.counters.submits = io.submits;
-            if st.finished() {
-                break;
+            if !io.sq.is_empty() {
+                io.submit()?;
             }
         }
-        let c = st.machine.counters().clone();
-        (st.flush)(&c);
-        debug!("shard {} stopped", st.id);
-        Ok(())
+        st.submits = io.submits;
+        st.machine.counters.submits = io.submits;
+        Ok((reaped, st.finished()))
+    }
+
+    fn stop(&mut self) {
+        let c = self.st.machine.counters().clone();
+        (self.st.flush)(&c);
+        debug!("shard {} stopped", self.st.id);
+    }
+}
+
+/// Runs `shards` on the calling thread until every one of them has drained.
+///
+/// One shard waits in its own `io_uring_enter` (with `--completion-batch` min-wait batching). Several
+/// share the thread ([`group`]): the thread sleeps in one `epoll_wait` on the rings' eventfds, or until
+/// the earliest deadline of any of them, and then gives a turn to each ring that signalled or whose
+/// deadline has come. A shard that fails stops the whole thread with its error.
+pub fn run_group(mut shards: Vec<Shard>) -> io::Result<()> {
+    let mut batch: Vec<cqueue::Entry> = Vec::with_capacity(ring::CQ_ENTRIES as usize);
+    if let [shard] = shards.as_mut_slice() {
+        shard.start()?;
+        while !shard.turn(true, &mut batch)?.1 {}
+        shard.stop();
+        return Ok(());
+    }
+    let mut waiter = group::Waiter::new()?;
+    for s in &shards {
+        waiter.add(&s.ring.submitter())?;
+    }
+    for s in &mut shards {
+        s.start()?;
+    }
+    let n = shards.len();
+    // Every ring's first turn submits its accept.
+    let mut ready = vec![true; n];
+    let mut done = vec![false; n];
+    let now = Instant::now();
+    let mut wake_at = vec![now; n];
+    let mut live = n;
+    loop {
+        let now = Instant::now();
+        for i in 0..n {
+            if done[i] {
+                continue;
+            }
+            let due = wake_at[i] <= now;
+            if !due && !(ready[i] && group::has_work(&mut shards[i].ring)) {
+                ready[i] = false;
+                continue;
+            }
+            ready[i] = false;
+            let (reaped, finished) = shards[i].turn(false, &mut batch)?;
+            if finished {
+                done[i] = true;
+                live -= 1;
+                shards[i].stop();
+                continue;
+            }
+            // The kernel may have kept deferred work back: go again rather than wait for a signal.
+            ready[i] = reaped >= group::TURN_WANT;
+            wake_at[i] = Instant::now() + shards[i].st.next_wakeup();
+        }
+        if live == 0 {
+            return Ok(());
+        }
+        let timeout = if ready.iter().any(|&r| r) {
+            Duration::ZERO
+        } else {
+            (0..n)
+                .filter(|&i| !done[i])
+                .map(|i| wake_at[i])
+                .min()
+                .map_or(MAX_WAIT, |at| at.saturating_duration_since(Instant::now()))
+        };
+        waiter.wait(timeout, &mut ready)?;
     }
 }
 

@@ -177,10 +177,19 @@ pub struct ServeArgs {
     #[arg(long, env = "RINGHOLD_ENGINE", value_enum, default_value_t = Engine::Uring)]
     pub engine: Engine,
 
-    /// Number of shards (threads, each with its own listener and loop). Default: number of cores.
-    /// More than the cores is allowed (each io_uring shard brings its own fixed-file table).
+    /// Number of shards, each with its own listener, loop and (io_uring) ring with its fixed-file
+    /// table. Default: number of cores. More than the cores is how io_uring holds more connections
+    /// than RLIMIT_NOFILE allows one table (shards × --fixed-files); --threads says how many threads
+    /// drive them.
     #[arg(long, env = "RINGHOLD_SHARDS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub shards: Option<u16>,
+
+    /// io_uring: threads that drive the shards, each thread several shards' rings (one epoll wait on
+    /// their eventfds). Default: the shards, up to the number of cores, so `--shards 64` on 8 cores
+    /// runs 8 threads of 8 rings each. A thread with one shard waits in its own ring, with
+    /// --completion-batch. epoll runs one thread per shard and ignores this.
+    #[arg(long, env = "RINGHOLD_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
 
     /// Do not pin shard threads to cores. Pinning suits a dedicated server; use this when clients (a
     /// load generator) share the host's cores, or a pinned shard competes with them.

@@ -14,30 +14,26 @@ use tracing::{error, info, warn};
 use crate::cli::{Engine, ServeArgs};
 use crate::{listen, rlimit};
 
-enum AnyShard {
-    Uring(Box<ringhold_uring::Shard>),
+/// The shards one thread drives: io_uring shards share a thread ([`ringhold_uring::run_group`]);
+/// an epoll shard has a thread of its own.
+enum ThreadShards {
+    Uring(Vec<ringhold_uring::Shard>),
     Epoll(ringhold_epoll::Shard),
 }
 
-impl AnyShard {
-    fn new(engine: Engine, spec: ShardSpec) -> io::Result<AnyShard> {
-        Ok(match engine {
-            Engine::Uring => AnyShard::Uring(Box::new(ringhold_uring::Shard::new(spec)?)),
-            Engine::Epoll => AnyShard::Epoll(ringhold_epoll::Shard::new(spec)?),
-        })
-    }
-
+impl ThreadShards {
     fn run(self) -> io::Result<()> {
         match self {
-            AnyShard::Uring(s) => s.run(),
-            AnyShard::Epoll(s) => s.run(),
+            ThreadShards::Uring(s) => ringhold_uring::run_group(s),
+            ThreadShards::Epoll(s) => s.run(),
         }
     }
 }
 
 enum Event {
     Signal(i32),
-    ShardExited(usize, io::Result<()>),
+    /// A thread's shards stopped (their ids), with the first error if one failed.
+    ShardsExited(Vec<usize>, io::Result<()>),
 }
 
 pub fn run(args: ServeArgs) -> ExitCode {
@@ -57,6 +53,19 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         .map(|n| n.get())
         .unwrap_or(1);
     let shards = args.shards.map(usize::from).unwrap_or(ncores);
+    let threads = match args.engine {
+        Engine::Uring => args
+            .threads
+            .map(usize::from)
+            .unwrap_or(ncores)
+            .clamp(1, shards),
+        Engine::Epoll => {
+            if args.threads.is_some_and(|t| usize::from(t) != shards) {
+                warn!("--threads applies to io_uring only: epoll runs one thread per shard ({shards})");
+            }
+            shards
+        }
+    };
 
     let (before, nofile) =
         rlimit::raise_nofile().map_err(|e| format!("cannot read RLIMIT_NOFILE: {e}"))?;
@@ -149,38 +158,62 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
 
     let (events_tx, events_rx) = unbounded::<Event>();
     let (ready_tx, ready_rx) = bounded::<(usize, io::Result<()>)>(shards);
-    let mut handles = Vec::with_capacity(shards);
+    // Shard `id` runs on thread `id % threads`.
+    let mut per_thread: Vec<Vec<ShardSpec>> = (0..threads).map(|_| Vec::new()).collect();
     for (id, listener) in listeners.into_iter().enumerate() {
-        let core = (!args.no_pin && !cores.is_empty()).then(|| cores[id % cores.len()]);
         let mut shard_metrics = ringhold_metrics::ShardMetrics::new(id);
-        let spec = ShardSpec {
+        per_thread[id % threads].push(ShardSpec {
             id,
             listener,
             config: config.clone(),
             shared: shared.clone(),
             flush: Box::new(move |c| shard_metrics.flush(c)),
-        };
+        });
+    }
+    let mut handles = Vec::with_capacity(threads);
+    for (t, specs) in per_thread.into_iter().enumerate() {
+        let core = (!args.no_pin && !cores.is_empty()).then(|| cores[t % cores.len()]);
         let engine = args.engine;
         let ready_tx = ready_tx.clone();
         let events_tx = events_tx.clone();
+        let name = if threads == shards {
+            format!("ringhold-shard-{t}")
+        } else {
+            format!("ringhold-thread-{t}")
+        };
         let h = thread::Builder::new()
-            .name(format!("ringhold-shard-{id}"))
+            .name(name)
             .spawn(move || {
                 if let Some(core) = core {
                     core_affinity::set_for_current(core);
                 }
-                match AnyShard::new(engine, spec) {
-                    Ok(shard) => {
-                        let _ = ready_tx.send((id, Ok(())));
-                        let res = shard.run();
-                        let _ = events_tx.send(Event::ShardExited(id, res));
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send((id, Err(e)));
-                    }
+                let ids: Vec<usize> = specs.iter().map(|s| s.id).collect();
+                // Every shard of the thread is set up on it (SINGLE_ISSUER: the ring's only submitter)
+                // and reports; the thread runs only if all of them could start.
+                let mut uring = Vec::new();
+                let mut epoll = None;
+                let mut ok = true;
+                for spec in specs {
+                    let id = spec.id;
+                    let res = match engine {
+                        Engine::Uring => ringhold_uring::Shard::new(spec).map(|s| uring.push(s)),
+                        Engine::Epoll => ringhold_epoll::Shard::new(spec).map(|s| epoll = Some(s)),
+                    };
+                    ok &= res.is_ok();
+                    let _ = ready_tx.send((id, res));
                 }
+                drop(ready_tx);
+                if !ok {
+                    return;
+                }
+                let group = match epoll {
+                    Some(s) => ThreadShards::Epoll(s),
+                    None => ThreadShards::Uring(uring),
+                };
+                let res = group.run();
+                let _ = events_tx.send(Event::ShardsExited(ids, res));
             })
-            .map_err(|e| format!("cannot start shard thread {id}: {e}"))?;
+            .map_err(|e| format!("cannot start shard thread {t}: {e}"))?;
         handles.push(h);
     }
     drop(ready_tx);
@@ -200,7 +233,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
 
     let total_buffers = shards as u64 * args.buffers as u64;
     info!(
-        "ringhold {} engine={} shards={shards} cores={ncores} pinned={} buffers={shards}×{}×{} (up to {}, committed as used) \
+        "ringhold {} engine={} shards={shards} threads={threads} cores={ncores} pinned={} buffers={shards}×{}×{} (up to {}, committed as used) \
          fd_limit={} direct_descriptors={direct} {capacity} \
          protocol={} idle_timeout={:?} send_timeout={:?} linger_timeout={:?} max_connections={}{}",
         env!("CARGO_PKG_VERSION"),
@@ -229,7 +262,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     let mut exited = 0;
     let mut failed = false;
     let mut deadline: Option<Instant> = None;
-    while exited < shards {
+    while exited < threads {
         let ev = match deadline {
             None => events_rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             Some(d) => events_rx.recv_deadline(d),
@@ -248,10 +281,14 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
                 shared.begin_shutdown();
                 deadline = Some(Instant::now() + args.shutdown_timeout + Duration::from_secs(2));
             }
-            Ok(Event::ShardExited(id, res)) => {
+            Ok(Event::ShardsExited(ids, res)) => {
                 exited += 1;
                 if let Err(e) = res {
-                    error!("shard {id} stopped: {e}");
+                    let which = match ids.as_slice() {
+                        [id] => format!("shard {id}"),
+                        _ => format!("shards {ids:?}"),
+                    };
+                    error!("{which} stopped: {e}");
                     failed = true;
                     shared.begin_shutdown();
                     deadline.get_or_insert(
