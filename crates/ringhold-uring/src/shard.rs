@@ -260,7 +260,8 @@ pub fn run_group(mut shards: Vec<Shard>) -> io::Result<()> {
                 continue;
             }
             let due = wake_at[i] <= now;
-            if !due && !(ready[i] && group::has_work(&mut shards[i].ring)) {
+            let wanted = due || ready[i] && group::has_work(&mut shards[i].ring);
+            if !wanted {
                 ready[i] = false;
                 continue;
             }
