@@ -262,7 +262,88 @@ fn many_small_messages(engine: Engine) {
     }
 }
 
+/// Thread names of the server process (`/proc/<pid>/task/*/comm`).
+fn thread_names(pid: u32) -> Vec<String> {
+    let mut names = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/<pid>/task") {
+        let path = t.expect("task entry").path().join("comm");
+        if let Ok(n) = std::fs::read_to_string(path) {
+            names.push(n.trim().to_string());
+        }
+    }
+    names
+}
+
+/// Six shards on two threads (`--threads 2`): io_uring drives three rings per thread; epoll runs a
+/// thread per shard and says that it ignores the flag. Either way every shard accepts and echoes, a
+/// silent connection on a shard whose thread sleeps on other rings is still closed at its idle
+/// timeout, and SIGTERM drains every shard.
+fn shards_sharing_threads(engine: Engine) {
+    let _g = serial();
+    let mut server = Server::builder(engine)
+        .shards(6)
+        .args(["--threads", "2", "--idle-timeout", "2s"])
+        .start();
+    let names = thread_names(server.pid());
+    let count = |prefix: &str| names.iter().filter(|n| n.starts_with(prefix)).count();
+    match engine {
+        Engine::Uring => {
+            assert!(
+                server.log().contains("shards=6 threads=2"),
+                "{}",
+                server.log()
+            );
+            assert_eq!(count("ringhold-thread"), 2, "threads: {names:?}");
+            assert_eq!(count("ringhold-shard"), 0, "threads: {names:?}");
+        }
+        Engine::Epoll => {
+            assert!(
+                server.log().contains("--threads applies to io_uring only"),
+                "{}",
+                server.log()
+            );
+            assert_eq!(count("ringhold-shard"), 6, "threads: {names:?}");
+        }
+    }
+    // 600 connections spread by SO_REUSEPORT over the six listeners; each echoes twice.
+    let mut conns: Vec<_> = (0..600).map(|_| server.connect()).collect();
+    for round in 0..2u64 {
+        for (i, c) in conns.iter_mut().enumerate() {
+            let m = Pattern::bytes(round * 1000 + i as u64, 1 + i % 200);
+            c.write_all(&m).expect("write");
+        }
+        for (i, c) in conns.iter_mut().enumerate() {
+            read_pattern(c, round * 1000 + i as u64, 1 + i % 200)
+                .unwrap_or_else(|e| panic!("connection {i}, round {round}: {e}"));
+        }
+    }
+    for shard in 0..6 {
+        let id = shard.to_string();
+        server.expect_metric(
+            "ringhold_connections_active",
+            &[("shard", id.as_str())],
+            "connections on every shard",
+            |v| v > 0.0,
+        );
+    }
+    // Silence: the idle clock of every shard runs, whichever thread drives it.
+    let mut quiet = server.connect();
+    roundtrip(&mut quiet, b"then silence").expect("echo");
+    assert_eq!(
+        read_end(&mut quiet),
+        End::Eof,
+        "idle timeout on a grouped shard"
+    );
+    drop(conns);
+    server.signal(libc::SIGTERM);
+    let status = server
+        .wait_exit(ringhold_tests::secs(20))
+        .expect("the server exits on SIGTERM");
+    assert!(status.success(), "exit status {status:?}");
+}
+
 both_engines!(
+    shards_sharing_threads,
     random_payloads_200_connections,
     tiny_buffers_and_exhausted_pool,
     pipelined_messages,
