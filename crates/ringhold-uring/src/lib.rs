@@ -1,6 +1,6 @@
 //! The io_uring engine of ringhold.
 //!
-//! One ring per shard, driven from the shard's own thread: multishot accept into the ring's fixed-file
+//! One ring per shard; a thread drives one shard or several ([`group`], `--threads`): multishot accept into the ring's fixed-file
 //! table (direct descriptors: connections take no process fd), multishot receive with buffer select from
 //! a provided buffer ring of small buffers, one echo send in flight per connection sent straight from the
 //! receive buffer, and the buffer recycled the moment that send completes.
@@ -10,7 +10,7 @@
 //! actions into SQEs.
 //!
 //! Files: [`ring`] (setup, fallbacks, the submission side), [`bufring`] (all buffer-ring `unsafe`),
-//! [`token`] (the `user_data` layout), [`shard`] (the loop), `accept` (the listener), `conn`
+//! [`token`] (the `user_data` layout), [`shard`] (the loop), [`group`] (several rings on a thread), `accept` (the listener), `conn`
 //! (actions and completions of connections), `park` (quiet connections wait on a poll instead of an
 //! armed receive), [`probe`] (start-up check).
 //!
