@@ -112,12 +112,13 @@ fn run_inner(args: &LoadArgs) -> Result<bool, String> {
         eprintln!("ringhold load: note: {n}");
     }
     eprintln!(
-        "ringhold load: {} connections to {} from {} source address(es), {} workers x {} fixed-file slots (setup: {setup_name}), duration {}{}",
+        "ringhold load: {} connections to {} from {} source address(es), {} workers x {} fixed-file slots on {} thread(s) (setup: {setup_name}), duration {}{}",
         plan.connections,
         plan.target,
         report::sources_desc(&plan),
         plan.workers,
         plan.slots_per_ring,
+        plan.threads,
         report::fmt_us(plan.duration.as_micros() as u64),
         match plan.part {
             Some((p, total)) => format!(", part {p} of {total} connections in all"),
@@ -163,36 +164,47 @@ fn run_inner(args: &LoadArgs) -> Result<bool, String> {
             let _ = h.join();
         }
     };
-    for id in 0..plan.workers {
-        let sh = stats::new_shared();
+    // Worker w runs on thread w % threads; every worker of a thread is built on it (SINGLE_ISSUER).
+    for t in 0..plan.threads {
+        let ids: Vec<u32> = (t..plan.workers).step_by(plan.threads as usize).collect();
+        let mut setups = Vec::with_capacity(ids.len());
+        for &id in &ids {
+            let sh = stats::new_shared();
+            setups.push(worker::Setup {
+                id,
+                plan: Arc::clone(&plan),
+                shared: Arc::clone(&sh),
+                stop: Arc::clone(&stop),
+            });
+            shared.push(sh);
+        }
         let (go_tx, go_rx) = mpsc::channel::<Option<Instant>>();
         let tx = tx.clone();
-        let setup = worker::Setup {
-            id,
-            plan: Arc::clone(&plan),
-            shared: Arc::clone(&sh),
-            stop: Arc::clone(&stop),
-        };
         let h = std::thread::Builder::new()
-            .name(format!("load-{id}"))
+            .name(format!("load-{t}"))
             .stack_size(256 << 10)
             .spawn(move || {
-                let w = worker::build(setup);
-                let _ = tx.send(w.as_ref().map(|_| ()).map_err(Clone::clone));
+                let mut workers = Vec::with_capacity(setups.len());
+                for setup in setups {
+                    let w = worker::build(setup);
+                    let _ = tx.send(w.as_ref().map(|_| ()).map_err(Clone::clone));
+                    if let Ok(w) = w {
+                        workers.push(w);
+                    }
+                }
                 drop(tx);
-                if let (Ok(w), Ok(Some(start))) = (w, go_rx.recv()) {
-                    w.run(start);
+                if let Ok(Some(start)) = go_rx.recv() {
+                    worker::run_group(workers, start);
                 }
             });
         match h {
             Ok(h) => {
                 handles.push(h);
                 go.push(go_tx);
-                shared.push(sh);
             }
             Err(e) => {
                 abort(&go, handles);
-                return Err(format!("starting worker thread {id}: {e}"));
+                return Err(format!("starting load thread {t}: {e}"));
             }
         }
     }

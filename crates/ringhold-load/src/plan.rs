@@ -117,10 +117,16 @@ pub struct LoadArgs {
     #[arg(long, env = "RINGHOLD_JSON")]
     pub json: Option<PathBuf>,
 
-    /// Worker threads, one io_uring each (0 = one per CPU). Raised when needed: each ring's
-    /// fixed-file table holds at most RLIMIT_NOFILE connections.
+    /// Workers, one io_uring each (0 = one per CPU). Raised when needed: each ring's fixed-file
+    /// table holds at most RLIMIT_NOFILE connections.
     #[arg(long, env = "RINGHOLD_WORKERS", default_value_t = 0)]
     pub workers: u32,
+
+    /// Threads that drive the workers' rings, each thread several (one epoll wait on their
+    /// eventfds, as `serve --threads`); worker w runs on thread w % threads. 0 = one per CPU, never
+    /// more than the workers.
+    #[arg(long, env = "RINGHOLD_LOAD_THREADS", default_value_t = 0)]
+    pub threads: u32,
 
     /// Connects in flight per worker at most.
     #[arg(long, env = "RINGHOLD_MAX_PENDING", default_value_t = 512)]
@@ -269,6 +275,8 @@ pub struct Plan {
     pub connect_timeout: Duration,
     pub echo_timeout: Duration,
     pub workers: u32,
+    /// Threads driving the workers (worker w on thread w % threads).
+    pub threads: u32,
     /// Fixed-file slots per ring (the most connections one worker opens).
     pub slots_per_ring: u32,
     pub max_pending: u32,
@@ -388,6 +396,12 @@ impl Plan {
             ));
         }
         let slots_per_ring = connections.div_ceil(workers);
+        let threads = if a.threads == 0 {
+            cpus.max(1)
+        } else {
+            a.threads
+        }
+        .min(workers);
         let n = u64::from(connections);
         let n_src = sources.len().max(1) as u64;
         let per_source = u64::from(connections_per_source(span));
@@ -442,6 +456,7 @@ impl Plan {
             connect_timeout: a.connect_timeout,
             echo_timeout: a.echo_timeout,
             workers,
+            threads,
             slots_per_ring,
             max_pending: a.max_pending,
             setup: a.setup,

@@ -105,8 +105,8 @@ pub fn plan_text(p: &Plan) -> String {
     );
     let _ = write!(
         s,
-        "workers        {} x {} fixed-file slots",
-        p.workers, p.slots_per_ring
+        "workers        {} x {} fixed-file slots, on {} thread(s)",
+        p.workers, p.slots_per_ring, p.threads
     );
     s
 }
@@ -203,12 +203,13 @@ impl Outcome<'_> {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "ringhold load: {} {} connections to {} from {} source address(es), {} workers (setup: {}), {}",
+            "ringhold load: {} {} connections to {} from {} source address(es), {} workers on {} thread(s) (setup: {}), {}",
             p.connections,
             p.protocol.name(),
             p.target,
             sources_desc(p),
             p.workers,
+            p.threads,
             self.setup,
             heartbeat_desc(p)
         );
@@ -387,6 +388,7 @@ impl Outcome<'_> {
                 "sources": p.sources.len(),
                 "sources_auto": p.sources_auto,
                 "workers": p.workers,
+                "threads": p.threads,
                 "slots_per_worker": p.slots_per_ring,
                 "setup": self.setup,
                 "protocol": p.protocol.name(),

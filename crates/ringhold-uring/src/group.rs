@@ -175,6 +175,10 @@ mod tests {
         let n = w.wait(Duration::from_secs(5), &mut ready).unwrap();
         assert_eq!(n, 1);
         assert_eq!(ready, [true, false]);
+        assert!(
+            has_work(&mut a),
+            "a signalled ring with deferred work has work"
+        );
         enter_nowait(&a.submitter()).unwrap();
         let got: Vec<u64> = a.completion().map(|c| c.user_data()).collect();
         assert_eq!(got, vec![7]);

@@ -177,6 +177,10 @@ pub struct Worker {
     draining: bool,
     /// io_uring_enter failed for good: leave the loop.
     broken: bool,
+    duration_us: u64,
+    drain_us: u64,
+    drain_end: u64,
+    last_publish: u64,
     bufs_dirty: bool,
 }
 
@@ -283,6 +287,10 @@ pub fn build(s: Setup) -> Result<Worker, String> {
         per_worker_rate,
         draining: false,
         broken: false,
+        duration_us: 0,
+        drain_us: 0,
+        drain_end: u64::MAX,
+        last_publish: 0,
         bufs_dirty: false,
         setup_in_ring,
         plan,
@@ -297,11 +305,13 @@ fn new_ring() -> io::Result<IoUring> {
     IoUring::builder()
         .setup_single_issuer()
         .setup_defer_taskrun()
+        .setup_taskrun_flag()
         .setup_cqsize(CQ)
         .build(SQ)
         .or_else(|_| {
             IoUring::builder()
                 .setup_coop_taskrun()
+                .setup_taskrun_flag()
                 .setup_cqsize(CQ)
                 .build(SQ)
         })
@@ -332,51 +342,85 @@ impl Worker {
         (self.id << 20) | slot
     }
 
-    /// Runs until the duration is over and the drain has ended. `start` is shared by all workers.
-    pub fn run(mut self, start: Instant) {
+    /// Starts the worker's clock (`start` is shared by all workers) and its timing state.
+    fn begin(&mut self, start: Instant) {
         self.start = start;
-        let duration_us = self.plan.duration.as_micros() as u64;
-        let drain_us = self
+        self.duration_us = self.plan.duration.as_micros() as u64;
+        self.drain_us = self
             .plan
             .connect_timeout
             .max(self.plan.echo_timeout)
             .as_micros() as u64
             + 1_000_000;
-        let mut last_publish = 0u64;
-        let mut drain_end = u64::MAX;
-        loop {
-            let now = self.now_us();
-            if !self.draining && (now >= duration_us || self.stop.load(Ordering::Relaxed)) {
-                self.draining = true;
-                drain_end = now.saturating_add(drain_us);
-            }
-            if self.broken
-                || self.draining
-                    && (self.c.pending == 0 && self.c.outstanding == 0 || now >= drain_end)
-            {
-                break;
-            }
-            self.flush_backlog();
-            if !self.draining {
-                self.start_connects(now);
-                self.send_due(now);
-            }
-            self.expire_echoes(now);
-            self.check_ramp(now);
-            if now >= last_publish + 100_000 {
-                self.publish(false);
-                last_publish = now;
-            }
-            let wake = self.next_wake(now, duration_us, drain_end, last_publish);
-            self.wait(wake.saturating_sub(self.now_us()));
-            self.reap();
+        self.last_publish = 0;
+        self.drain_end = u64::MAX;
+    }
+
+    /// The timed work of one pass (connects, heartbeats, echo deadlines, publishing); what it queues
+    /// is submitted by the caller. Returns when the worker next wants a pass (µs on the shared clock),
+    /// or `None` once the duration is over and the drain has ended.
+    fn step(&mut self) -> Option<u64> {
+        let now = self.now_us();
+        if !self.draining && (now >= self.duration_us || self.stop.load(Ordering::Relaxed)) {
+            self.draining = true;
+            self.drain_end = now.saturating_add(self.drain_us);
         }
+        if self.broken
+            || self.draining
+                && (self.c.pending == 0 && self.c.outstanding == 0 || now >= self.drain_end)
+        {
+            return None;
+        }
+        self.flush_backlog();
+        if !self.draining {
+            self.start_connects(now);
+            self.send_due(now);
+        }
+        self.expire_echoes(now);
+        self.check_ramp(now);
+        if now >= self.last_publish + 100_000 {
+            self.publish(false);
+            self.last_publish = now;
+        }
+        Some(self.next_wake(now, self.duration_us, self.drain_end, self.last_publish))
+    }
+
+    fn finish(mut self) {
         self.publish(true);
         // The kernel may still touch the buffer ring while it tears the io_uring down after close;
         // the process ends soon after the workers, so leak it rather than race that.
         let Worker { ring, bufs, .. } = self;
         drop(ring);
         std::mem::forget(bufs);
+    }
+
+    /// A grouped worker's turn: submit what is queued and reap without waiting, then the timed work,
+    /// then submit what that queued (the thread may sleep on other rings next). Returns how many
+    /// completions it reaped, and the next wake-up (`None`: finished).
+    fn turn_nowait(&mut self) -> (usize, Option<u64>) {
+        if let Err(e) = ringhold_uring::group::enter_nowait(&self.ring.submitter()) {
+            self.enter_failed(e);
+        }
+        let reaped = self.reap();
+        let wake = self.step();
+        if wake.is_some() && !self.ring.submission().is_empty() {
+            if let Err(e) = self.ring.submit() {
+                if !matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EINTR)) {
+                    self.enter_failed(e);
+                }
+            }
+        }
+        (reaped, wake)
+    }
+
+    fn enter_failed(&mut self, e: io::Error) {
+        // Nothing sensible to retry with: stop this worker (the others finish normally) and let its
+        // unfinished connections show in the summary.
+        eprintln!(
+            "ringhold load: worker {}: io_uring_enter failed: {e}; stopping this worker",
+            self.id
+        );
+        self.broken = true;
     }
 
     fn next_wake(&self, now: u64, duration_us: u64, drain_end: u64, last_publish: u64) -> u64 {
@@ -405,23 +449,15 @@ impl Worker {
     /// Submits what is queued and waits up to `timeout_us` for at least one completion.
     fn wait(&mut self, timeout_us: u64) {
         let timeout = Duration::from_micros(timeout_us.max(1));
-        match ringhold_uring::ring::submit_and_wait(&self.ring.submitter(), timeout) {
-            Ok(()) => {}
-            Err(e) => {
-                // Nothing sensible to retry with: stop this worker (the others finish normally) and
-                // let its unfinished connections show in the summary.
-                eprintln!(
-                    "ringhold load: worker {}: io_uring_enter failed: {e}; stopping this worker",
-                    self.id
-                );
-                self.broken = true;
-            }
+        if let Err(e) = ringhold_uring::ring::submit_and_wait(&self.ring.submitter(), timeout) {
+            self.enter_failed(e);
         }
     }
 
-    /// Takes all completions and handles them.
-    fn reap(&mut self) {
+    /// Takes all completions and handles them; returns how many.
+    fn reap(&mut self) -> usize {
         let mut batch = std::mem::take(&mut self.cq_batch);
+        let mut reaped = 0;
         loop {
             batch.clear();
             batch.extend(
@@ -432,6 +468,7 @@ impl Worker {
             if batch.is_empty() {
                 break;
             }
+            reaped += batch.len();
             for &(u, res, flags) in &batch {
                 self.complete(u, res, flags);
             }
@@ -441,6 +478,7 @@ impl Worker {
             }
         }
         self.cq_batch = batch;
+        reaped
     }
 
     fn push(&mut self, chain: &[squeue::Entry]) {
@@ -505,6 +543,94 @@ impl Worker {
         }
         self.lat.clear();
         p.finished = finished;
+    }
+}
+
+/// Runs `workers` on the calling thread until each has finished.
+///
+/// Alone, a worker waits in its own ring. Several share the thread as the server's shards do
+/// (`ringhold_uring::group`): one `epoll_wait` on the rings' eventfds or until the earliest worker's
+/// next pass, then a turn for each ring that signalled and has work, or whose time has come.
+pub fn run_group(mut workers: Vec<Worker>, start: Instant) {
+    for w in &mut workers {
+        w.begin(start);
+    }
+    if workers.len() == 1 {
+        let mut w = workers.pop().expect("one worker");
+        while let Some(wake) = w.step() {
+            w.wait(wake.saturating_sub(w.now_us()));
+            w.reap();
+        }
+        w.finish();
+        return;
+    }
+    let mut waiter = match ringhold_uring::group::Waiter::new() {
+        Ok(w) => w,
+        Err(e) => return group_failed(workers, &e),
+    };
+    for w in &workers {
+        if let Err(e) = waiter.add(&w.ring.submitter()) {
+            return group_failed(workers, &e);
+        }
+    }
+    let n = workers.len();
+    let mut slots: Vec<Option<Worker>> = workers.into_iter().map(Some).collect();
+    let mut ready = vec![true; n];
+    let mut wake_at = vec![0u64; n];
+    let mut live = n;
+    while live > 0 {
+        let now = start.elapsed().as_micros() as u64;
+        for i in 0..n {
+            let Some(w) = slots[i].as_mut() else {
+                continue;
+            };
+            let wanted =
+                wake_at[i] <= now || ready[i] && ringhold_uring::group::has_work(&mut w.ring);
+            ready[i] = false;
+            if !wanted {
+                continue;
+            }
+            let (reaped, wake) = w.turn_nowait();
+            match wake {
+                Some(at) => {
+                    wake_at[i] = at;
+                    // The kernel may have kept deferred work back: go again rather than wait.
+                    ready[i] = reaped >= ringhold_uring::group::TURN_WANT;
+                }
+                None => {
+                    if let Some(w) = slots[i].take() {
+                        w.finish();
+                    }
+                    live -= 1;
+                }
+            }
+        }
+        if live == 0 {
+            break;
+        }
+        let timeout = if ready.iter().any(|&r| r) {
+            Duration::ZERO
+        } else {
+            let next = (0..n)
+                .filter(|&i| slots[i].is_some())
+                .map(|i| wake_at[i])
+                .min()
+                .unwrap_or(0);
+            Duration::from_micros(next.saturating_sub(start.elapsed().as_micros() as u64))
+        };
+        if let Err(e) = waiter.wait(timeout, &mut ready) {
+            let left: Vec<Worker> = slots.into_iter().flatten().collect();
+            return group_failed(left, &e);
+        }
+    }
+}
+
+/// The thread cannot wait on its rings: its workers stop (their unfinished connections show in the
+/// summary); the other threads go on.
+fn group_failed(workers: Vec<Worker>, e: &io::Error) {
+    for mut w in workers {
+        w.enter_failed(io::Error::new(e.kind(), e.to_string()));
+        w.finish();
     }
 }
 
