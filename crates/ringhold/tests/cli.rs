@@ -22,6 +22,7 @@ const FLAGS: &[(&str, &str)] = &[
     ("--max-message-size", "RINGHOLD_MAX_MESSAGE_SIZE"),
     ("--engine", "RINGHOLD_ENGINE"),
     ("--shards", "RINGHOLD_SHARDS"),
+    ("--threads", "RINGHOLD_THREADS"),
     ("--no-pin", "RINGHOLD_NO_PIN"),
     ("--buffer-size", "RINGHOLD_BUFFER_SIZE"),
     ("--buffers", "RINGHOLD_BUFFERS"),
@@ -132,6 +133,7 @@ fn bad_flag_values_are_one_line_errors() {
         (&["--metrics-listen", "somewhere"], "--metrics-listen"),
         (&["--engine", "kqueue"], "--engine"),
         (&["--shards", "0"], "--shards"),
+        (&["--threads", "0"], "--threads"),
         (&["--tcp-keepalive", "1s"], "--tcp-keepalive"),
         (&["--max-connections=-1"], "--max-connections"),
         (&["--rate-limit", "fast"], "--rate-limit"),
@@ -228,7 +230,7 @@ fn every_flag_reads_its_env_var() {
     for (flag, env) in FLAGS {
         let bad = match *flag {
             "--no-pin" | "--no-direct-descriptors" => "maybe",
-            "--shards" | "--pending-buffers" | "--check-every" => "0",
+            "--shards" | "--threads" | "--pending-buffers" | "--check-every" => "0",
             _ => "nonsense-value",
         };
         let mut c = ringhold();
