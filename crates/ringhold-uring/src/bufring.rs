@@ -95,11 +95,12 @@ impl BufRing {
         Ok(br)
     }
 
-    /// Hands buffers `from .. from + count` to the ring (visible after the next `publish`).
+    /// Hands buffers `from .. from + count` to the ring, published at once.
     pub fn provide(&mut self, from: u16, count: u16) {
         for bid in from..from.saturating_add(count).min(self.entries) {
-            self.recycle(bid);
+            self.put(bid);
         }
+        self.publish();
     }
 
     /// Registers the ring with the kernel under buffer group `bgid`.
@@ -124,8 +125,17 @@ impl BufRing {
         self.entries
     }
 
-    /// Gives buffer `bid` back to the kernel (visible after the next `publish`).
+    /// Gives buffer `bid` back to the kernel, published at once (one release store). Publishing at
+    /// the end of the loop turn instead left a window: a turn whose SQEs overflow the SQ submits in
+    /// the middle, and receives armed then (woken buffer waiters, among them) would find the ring
+    /// empty while the machine counted the buffers they were woken for as free, and wait again.
     pub fn recycle(&mut self, bid: u16) {
+        self.put(bid);
+        self.publish();
+    }
+
+    /// Writes buffer `bid` into the next ring slot, not yet visible to the kernel.
+    fn put(&mut self, bid: u16) {
         debug_assert!(bid < self.entries);
         let idx = (self.tail & (self.entries - 1)) as usize;
         // SAFETY: idx < entries, so the slot is inside the ring allocation. The kernel only reads slots
