@@ -66,43 +66,63 @@ fn n(j: &Value, path: &str) -> u64 {
 fn load_holds_1000_connections(engine: Engine) {
     let _g = serial();
     let server = Server::start(engine, &[]);
+    holds_every_connection(engine, &server, 1000, &[]);
+}
+
+/// The same with both sides grouped: six server shards on two threads (io_uring; epoll runs six),
+/// and six load workers, each its own ring, on two threads (`--threads 2`: three rings a thread).
+fn load_holds_1200_connections_on_grouped_rings(engine: Engine) {
+    let _g = serial();
+    let server = Server::builder(engine)
+        .shards(6)
+        .args(["--threads", "2"])
+        .start();
+    let j = holds_every_connection(engine, &server, 1200, &["--workers", "6", "--threads", "2"]);
+    assert_eq!(j["config"]["workers"], 6, "{j:#}");
+    assert_eq!(j["config"]["threads"], 2, "{j:#}");
+}
+
+/// Runs `ringhold load` with `conns` connections from 4 sources (a heartbeat each every 500 ms for
+/// 3 s, plus `extra` flags) against `server` and checks that every connection held and every
+/// heartbeat came back byte-exact, by the report and by the server's counters. Returns the report.
+fn holds_every_connection(engine: Engine, server: &Server, conns: u64, extra: &[&str]) -> Value {
     let target = server.addr.to_string();
     // The load generator's own timeouts, scaled like every deadline of the tests.
     let timeout = flag_ms(secs(5));
-    let (code, stdout, j) = load(
-        engine.name(),
-        &[
-            "--target",
-            &target,
-            "--connections",
-            "1000",
-            "--sources",
-            "4",
-            "--interval",
-            "500ms",
-            "--duration",
-            "3s",
-            "--connect-timeout",
-            &timeout,
-            "--echo-timeout",
-            &timeout,
-        ],
-    );
+    let count = conns.to_string();
+    let mut args = vec![
+        "--target",
+        &target,
+        "--connections",
+        &count,
+        "--sources",
+        "4",
+        "--interval",
+        "500ms",
+        "--duration",
+        "3s",
+        "--connect-timeout",
+        &timeout,
+        "--echo-timeout",
+        &timeout,
+    ];
+    args.extend_from_slice(extra);
+    let (code, stdout, j) = load(engine.name(), &args);
     assert_eq!(code, 0, "{stdout}\n{j:#}");
     assert!(stdout.contains("result         OK"), "{stdout}");
     assert_eq!(j["schema"], "ringhold-load/1");
     assert_eq!(j["ok"], true);
     assert_eq!(j["config"]["sources"], 4);
-    assert_eq!(n(&j, "connections.attempted"), 1000);
-    assert_eq!(n(&j, "connections.connected"), 1000);
-    assert_eq!(n(&j, "connections.alive"), 1000);
+    assert_eq!(n(&j, "connections.attempted"), conns);
+    assert_eq!(n(&j, "connections.connected"), conns);
+    assert_eq!(n(&j, "connections.alive"), conns);
     assert_eq!(n(&j, "connections.failed"), 0);
     assert!(j["ramp_us"].is_u64(), "the ramp-up finished: {j:#}");
     // Each connection sends its first heartbeat on connect, so 1000 of them say nothing about the
     // schedule: the 500 ms interval must have come round (a heartbeat sent, or skipped as late).
     let sent = n(&j, "heartbeats.sent");
     assert!(
-        sent + n(&j, "heartbeats.late") > 1000,
+        sent + n(&j, "heartbeats.late") > conns,
         "no heartbeat after the first ones in 3 s at --interval 500ms: {j:#}"
     );
     assert_eq!(n(&j, "heartbeats.echoed"), sent);
@@ -123,9 +143,10 @@ fn load_holds_1000_connections(engine: Engine) {
     server.expect_metric(
         "ringhold_accepts_total",
         &[],
-        "1000 (one per load connection)",
-        |v| v == 1000.0,
+        &format!("{conns} (one per load connection)"),
+        |v| v == conns as f64,
     );
+    j
 }
 
 #[test]
@@ -477,5 +498,6 @@ fn two_loads_sum_exactly_in_prometheus(engine: Engine) {
 
 both_engines!(
     load_holds_1000_connections,
+    load_holds_1200_connections_on_grouped_rings,
     two_loads_sum_exactly_in_prometheus
 );
