@@ -17,18 +17,31 @@ impl Machine {
         self.capacity.saturating_sub(self.out.buffers_held())
     }
 
-    /// Grows the pool (doubling, up to `--buffers`) once a quarter of it or less is free.
+    /// Grows the pool (doubling, up to `--buffers`) until more than a quarter of it is free besides
+    /// a buffer for every receive that waits for one, in one `Provide`.
+    ///
+    /// Why the waiters count: a receive that found the ring empty (ENOBUFS) is the kernel's word that
+    /// the pool is spent, although the machine, which has not yet seen the completions of the buffers
+    /// it lent, may count a quarter free. Growing one doubling per received buffer then lagged a
+    /// burst: 20,000 writers connecting at once queued ~10,000 receives for a buffer while the pool
+    /// was still 2,048–8,192 (bench/results/2026-12-06-vm-adversarial), and a ping-pong client queued
+    /// behind them waited 3.5 s. Growing to cover the waiters lets the next tick wake them all.
     pub(super) fn maybe_grow(&mut self) {
         let max = self.lim.buffers as u32;
-        if self.capacity >= max || self.free_buffers() > self.capacity / 4 {
+        let held = self.out.buffers_held();
+        let wanted = self.waiting + self.promised;
+        let mut target = self.capacity;
+        while target < max && target.saturating_sub(held) <= target / 4 + wanted {
+            target = (target * 2).min(max);
+        }
+        if target == self.capacity {
             return;
         }
-        let count = self.capacity.min(max - self.capacity);
         self.actions.push_back(Action::Provide {
             from: self.capacity as u16,
-            count: count as u16,
+            count: (target - self.capacity) as u16,
         });
-        self.capacity += count;
+        self.capacity = target;
     }
 
     /// Keeps `holders` right when a connection's holding goes from `before` to `after`.

@@ -556,6 +556,7 @@ impl Machine {
             }
         }
         self.sync(idx, gen);
+        self.maybe_grow();
         self.relieve_pressure();
     }
 

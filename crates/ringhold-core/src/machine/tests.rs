@@ -1313,6 +1313,64 @@ fn one_free_buffer_wakes_one_waiter_however_the_engine_ticks() {
     );
 }
 
+/// A receive that finds the ring empty says the pool is spent, whatever the machine's count: a pool
+/// that may still grow grows at once to cover every waiter, and the next tick wakes them all.
+/// Before, the pool doubled one step per received buffer and a burst of 3,000 waiters on a pool of
+/// 1,024 was served a quarter at a time, the oldest first, so a ping-pong client that queued behind
+/// a flood of writers waited seconds (bench/results/2026-12-06-vm-adversarial: 3.5 s).
+#[test]
+fn waiters_grow_the_pool_to_cover_them_at_once() {
+    let cfg = EngineConfig {
+        buffers: 16384,
+        ..cfg()
+    };
+    let mut m = Machine::new(&cfg, Arc::new(Shared::new(0)));
+    assert_eq!(m.initial_buffers(), 1024);
+    let ids: Vec<Id> = (0..3000)
+        .map(|idx| Id {
+            idx,
+            gen: m.accept(idx, 0).expect("admitted"),
+        })
+        .collect();
+    while m.poll_action().is_some() {}
+    for id in &ids {
+        m.no_buffer(id.idx, id.gen);
+    }
+    let mut capacity = 1024u32;
+    let mut provides = 0;
+    while let Some(a) = m.poll_action() {
+        if let Action::Provide { from, count } = a {
+            assert_eq!(
+                u32::from(from),
+                capacity,
+                "buffers provided twice or skipped"
+            );
+            capacity += u32::from(count);
+            provides += 1;
+        }
+    }
+    assert_eq!(m.counters().waiting_for_buffer, 3000);
+    assert_eq!(m.counters().buffers_total, u64::from(capacity));
+    assert!(
+        capacity > 3000 + capacity / 4,
+        "the pool ({capacity}) does not cover 3,000 waiters and a quarter"
+    );
+    assert!(capacity <= 16384);
+    assert!(provides <= 3, "{provides} provides for one burst");
+    assert_eq!(m.next_deadline(), Some(0), "the waiters can be woken now");
+    m.tick(0);
+    let mut woken = 0;
+    while let Some(a) = m.poll_action() {
+        match a {
+            Action::Recv(_) => woken += 1,
+            Action::Provide { .. } => panic!("grew again without a new waiter"),
+            _ => {}
+        }
+    }
+    assert_eq!(woken, 3000, "every waiter woken by one tick");
+    assert_eq!(m.counters().waiting_for_buffer, 0);
+}
+
 #[test]
 fn no_buffer_twice_waits_once() {
     let mut s = fairness();
